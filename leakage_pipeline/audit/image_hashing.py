@@ -1,0 +1,165 @@
+"""Hash every image of a split: sha256 of the bytes, pHash, dHash, size, and a status.
+
+A bad image never stops the run: it becomes a row with a status and a message. Results are
+cached by content identity (location, size, version, hash mode), so a re-run hashes only
+new or changed images, and partial results can be checkpointed so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import polars as pl
+from PIL import Image, UnidentifiedImageError
+
+from leakage_pipeline.audit import image_source
+from leakage_pipeline.audit.perceptual_hash import perceptual_hashes
+
+STATUS_OK = "ok"
+STATUS_MISSING = "missing"
+STATUS_UNREADABLE = "unreadable"
+STATUS_NOT_AN_IMAGE = "not_an_image"
+STATUS_TOO_LARGE = "too_large"
+STATUSES = (STATUS_OK, STATUS_MISSING, STATUS_UNREADABLE, STATUS_NOT_AN_IMAGE, STATUS_TOO_LARGE)
+HASH_MODE_EXACT = "exact"
+
+HASH_SCHEMA = {
+    "location": pl.String,
+    "size_bytes": pl.Int64,
+    "version": pl.Int64,
+    "hash_mode": pl.String,
+    "status": pl.String,
+    "message": pl.String,
+    "sha256": pl.String,
+    "phash": pl.UInt64,
+    "dhash": pl.UInt64,
+    "detail": pl.Float32,
+    "width": pl.Int32,
+    "height": pl.Int32,
+}
+_CACHE_KEY = ["location", "size_bytes", "version", "hash_mode"]
+
+
+@dataclass(frozen=True)
+class HashLimits:
+    """Images beyond these are recorded as too large instead of being decoded."""
+
+    max_bytes: int = 256 * 1024 * 1024
+    max_pixels: int = 250_000_000
+
+
+@dataclass(frozen=True)
+class HashRun:
+    hashes: pl.DataFrame
+    hashed: int
+    reused: int
+
+
+def _decode_and_hash(data: bytes, limits: HashLimits) -> dict:
+    """Fields of one readable image, or a status and message saying why it is not."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > limits.max_pixels:
+                return {"status": STATUS_TOO_LARGE, "message": f"{width}x{height} pixels exceeds {limits.max_pixels}",
+                        "width": width, "height": height}
+            image.load()
+            phash, dhash, detail = perceptual_hashes(image)
+    except UnidentifiedImageError:
+        return {"status": STATUS_NOT_AN_IMAGE, "message": "not a format Pillow can decode"}
+    except Image.DecompressionBombError as error:
+        return {"status": STATUS_TOO_LARGE, "message": str(error)}
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
+        return {"status": STATUS_UNREADABLE, "message": f"{type(error).__name__}: {error}"}
+    return {"status": STATUS_OK, "message": None, "phash": phash, "dhash": dhash, "detail": detail,
+            "width": width, "height": height}
+
+
+def hash_image(location: str, limits: HashLimits = HashLimits()) -> dict:
+    """One row of :data:`HASH_SCHEMA` for the image at ``location``."""
+    row: dict = {"location": location, "hash_mode": HASH_MODE_EXACT}
+    try:
+        info = image_source.stat(location)
+        row.update(size_bytes=info.size, version=info.version)
+        if info.size > limits.max_bytes:
+            return row | {"status": STATUS_TOO_LARGE, "message": f"{info.size} bytes exceeds {limits.max_bytes}"}
+        data = image_source.read_bytes(location)
+    except image_source.ImageMissing as error:
+        return row | {"status": STATUS_MISSING, "message": str(error)}
+    except OSError as error:
+        return row | {"status": STATUS_UNREADABLE, "message": f"{type(error).__name__}: {error}"}
+    row["sha256"] = hashlib.sha256(data).hexdigest()
+    return row | _decode_and_hash(data, limits)
+
+
+def _frame(rows: list[dict]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=HASH_SCHEMA)
+
+
+def empty_hashes() -> pl.DataFrame:
+    return _frame([])
+
+
+def _current_identity(locations: list[str], pool: ThreadPoolExecutor) -> pl.DataFrame:
+    def identity(location: str) -> dict:
+        try:
+            info = image_source.stat(location)
+        except OSError:
+            return {"location": location, "size_bytes": None, "version": None}
+        return {"location": location, "size_bytes": info.size, "version": info.version}
+
+    return pl.DataFrame(
+        list(pool.map(identity, locations)),
+        schema={"location": pl.String, "size_bytes": pl.Int64, "version": pl.Int64},
+    ).with_columns(hash_mode=pl.lit(HASH_MODE_EXACT))
+
+
+def reusable_rows(current: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
+    """Previous results whose image is unchanged. A missing image is always looked at again."""
+    previous = previous.filter(pl.col("status") != STATUS_MISSING).unique(_CACHE_KEY, keep="last")
+    return previous.join(current.drop_nulls(_CACHE_KEY).select(_CACHE_KEY), on=_CACHE_KEY, how="semi")
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def hash_images(
+    locations: list[str],
+    previous: pl.DataFrame | None = None,
+    *,
+    limits: HashLimits = HashLimits(),
+    workers: int = 2,
+    chunk_size: int = 512,
+    checkpoint: Callable[[pl.DataFrame], None] | None = None,
+) -> HashRun:
+    """Hash ``locations``, reusing rows of ``previous`` whose image is unchanged.
+
+    ``checkpoint`` receives each finished chunk of new rows, so a caller can persist
+    progress; feeding those rows back as ``previous`` resumes a killed run.
+    Threads overlap reading with decoding; Pillow and hashlib release the GIL while they work.
+    """
+    unique_locations = list(dict.fromkeys(locations))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        reused = (
+            reusable_rows(_current_identity(unique_locations, pool), previous)
+            if previous is not None and previous.height
+            else empty_hashes()
+        )
+        done = set(reused["location"].to_list())
+        todo = [location for location in unique_locations if location not in done]
+        new_parts = []
+        for chunk in _chunks(todo, chunk_size):
+            part = _frame(list(pool.map(lambda loc: hash_image(loc, limits), chunk)))
+            if checkpoint is not None:
+                checkpoint(part)
+            new_parts.append(part)
+    hashes = pl.concat([reused.select(HASH_SCHEMA.keys()), *new_parts])
+    order = pl.DataFrame({"location": unique_locations}).with_row_index("_order")
+    hashes = hashes.join(order, on="location").sort("_order").drop("_order")
+    return HashRun(hashes=hashes, hashed=len(todo), reused=reused.height)

@@ -1,0 +1,100 @@
+"""The leakage report as markdown, for report.md and the Dagster UI."""
+
+from __future__ import annotations
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    def cell(value) -> str:
+        if value is None:
+            return "–"
+        if isinstance(value, float):
+            return f"{value:.3f}"
+        if isinstance(value, list):
+            return ", ".join(map(str, value))
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _criterion(row: dict) -> str:
+    return "sha256 (exact bytes)" if row["radius"] is None else f"{row['criterion']} ≤ {row['radius']}"
+
+
+def threshold_markdown(report: dict) -> str:
+    return _table(
+        ["criterion", "query split", "against", "matched", "of", "share"],
+        [[_criterion(r), r["query_split"], r["against"], r["query_images_matched"], r["query_images"],
+          f"{r['share']:.1%}"] for r in report["thresholds"]],
+    )
+
+
+def report_markdown(report: dict) -> str:
+    verdict = report["verdict"]
+    integrity = report["split_integrity"]
+    counts = report["counts"]
+    agreement = report["label_agreement"]
+    links = report["patient_links"]
+    parts = [
+        "# Leakage audit",
+        f"**Verdict.** {verdict['text']}",
+        "## Counts",
+        _table(["split", "images"], [[k, v] for k, v in counts["per_split"].items()]),
+        _table(["status", "images"], [[k, v] for k, v in counts["per_status"].items()]),
+        "## Split integrity (from the manifest alone)",
+        _table(
+            ["finding", "count"],
+            [[name.replace("_", " "), section["count"]] for name, section in integrity.items() if name != "counts"],
+        ),
+    ]
+    spanning = integrity["patients_spanning_splits"]["examples"]
+    if spanning:
+        parts.append(_table(["patient", "splits", "images"], [[r["patient_id"], r["splits"], r["images"]] for r in spanning]))
+    parts += [
+        "## Threshold table: query images with a match in an earlier split",
+        threshold_markdown(report),
+        "## Label agreement of matched pairs",
+        f"Chance that two random images share a label: {agreement[0]['chance']:.3f}. "
+        "A hash whose pairs agree on the label barely more often than their own label mix predicts "
+        "(kappa near 0) is matching by coincidence. "
+        f"{report['blank_frames']['pairs_excluded']} pairs between "
+        f"{report['blank_frames']['images']} blank frames are left out: they match by construction.",
+        _table(
+            ["criterion", "pairs", "same label", "chance (pair labels)", "kappa", "coincidental"],
+            [[_criterion(r), r["pairs"], r["same_label_share"], r["pair_chance"], r["kappa"],
+              "yes" if r["coincidental"] else ""] for r in agreement],
+        ),
+    ]
+    if report["coincidental_hashes"]:
+        parts.append(
+            f"**{', '.join(report['coincidental_hashes'])}** collides by coincidence at some radius on this data; "
+            "its matches beyond the trusted radius are not counted as leakage."
+        )
+    parts.append(
+        "Trusted radius: " + ", ".join(
+            f"{name} {'not trusted' if radius is None else f'≤ {radius}'}"
+            for name, radius in report["trusted_radius"].items()
+        ) + " (sha256 always)."
+    )
+    parts += ["## Patients linked across splits by their images"]
+    parts.append(
+        _table(
+            ["query patient", "split", "reference patient", "split", "query images", "pairs", "same label"],
+            [[r["query_patient_id"], r["query_split"], r["reference_patient_id"], r["reference_split"],
+              r["query_images"], r["matched_pairs"], r["same_label_share"]] for r in links["pairs"][:20]],
+        ) if links["pairs"] else "None."
+    )
+    if links["clusters"]:
+        parts.append("Clusters of more than two ids: " + "; ".join("{" + ", ".join(c) + "}" for c in links["clusters"]))
+    flagged = report["flagged"]
+    parts += [
+        f"## Flagged query images ({flagged['count']})",
+        _table(
+            ["image", "split", "patient", "closest match", "split", "patient", "by", "pHash", "dHash"],
+            [[r["query_image_uri"], r["query_split"], r["query_patient_id"], r["reference_image_uri"],
+              r["reference_split"], r["reference_patient_id"], r["matched_by"], r["phash_distance"],
+              r["dhash_distance"]] for r in flagged["examples"]],
+        ) if flagged["examples"] else "None.",
+    ]
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,211 @@
+"""The audit as software-defined assets: manifest -> split -> hash -> match -> report.
+
+Each asset calls the plain-Python core, writes its own file under the output directory and
+returns a MaterializeResult whose metadata is what a person wants to see in the UI.
+"""
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from leakage_pipeline.audit.image_hashing import STATUSES, hash_images
+from leakage_pipeline.audit.image_source import resolve_uri
+from leakage_pipeline.audit.integrity import check_split_integrity
+from leakage_pipeline.audit.manifest import load_manifest
+from leakage_pipeline.audit.matching import cross_split_pairs, split_pairs
+from leakage_pipeline.audit.montage import write_montage
+from leakage_pipeline.audit.report import build_report
+from leakage_pipeline.audit.report_markdown import report_markdown, threshold_markdown
+from leakage_pipeline.audit.splitting import POLICY_ASSIGN, POLICY_KEEP, assign_splits, keep_splits
+from leakage_pipeline.defs.output_files import OutputFiles, write_json, write_parquet, write_text
+from leakage_pipeline.defs.settings import SPLIT_NAMES, AuditSettings
+
+split_partitions = dg.StaticPartitionsDefinition(list(SPLIT_NAMES))
+GROUP = "leakage_audit"
+
+
+def _markdown_table(frame: pl.DataFrame, limit: int = 20) -> dg.MarkdownMetadataValue:
+    head = frame.head(limit)
+    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
+    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in head.iter_rows()]
+    if frame.height > limit:
+        lines.append(f"\n…and {frame.height - limit} more rows")
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+@dg.asset(group_name=GROUP, kinds={"polars", "parquet"})
+def manifest(audit: AuditSettings) -> dg.MaterializeResult:
+    """The image manifest, validated, with each image's resolved location."""
+    frame = load_manifest(Path(audit.manifest_path), audit.column_mapping(), list(SPLIT_NAMES))
+    root = audit.resolved_image_root()
+    frame = frame.with_columns(
+        location=pl.col("image_uri").map_elements(lambda uri: resolve_uri(uri, root), return_dtype=pl.String)
+    )
+    path = write_parquet(frame, OutputFiles(audit.output_dir).manifest)
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": frame.height,
+        "patients": frame["patient_id"].n_unique(),
+        "labels": dg.MetadataValue.json(dict(frame.group_by("label").len().sort("label").iter_rows())),
+        "source": dg.MetadataValue.path(audit.manifest_path),
+        "path": dg.MetadataValue.path(str(path)),
+        "preview": _markdown_table(frame.drop("location"), 10),
+    })
+
+
+@dg.asset(group_name=GROUP, deps=[manifest], kinds={"polars", "parquet"})
+def split_assignments(context: dg.AssetExecutionContext, audit: AuditSettings) -> dg.MaterializeResult:
+    """Each image's split: the manifest's own (policy keep) or assigned per patient (policy assign)."""
+    files = OutputFiles(audit.output_dir)
+    frame = pl.read_parquet(files.manifest)
+    if audit.split_policy == POLICY_KEEP:
+        assigned = keep_splits(frame)
+    elif audit.split_policy == POLICY_ASSIGN:
+        ledger = (
+            pl.read_parquet(files.split_assignments, columns=["patient_id", "split"])
+            if files.split_assignments.exists() else None
+        )
+        assigned = assign_splits(frame, audit.split_plan(), ledger)
+    else:
+        raise dg.Failure(f"unknown split policy {audit.split_policy!r}; use {POLICY_KEEP!r} or {POLICY_ASSIGN!r}")
+    path = write_parquet(assigned, files.split_assignments)
+    per_split = assigned.group_by("split").agg(
+        pl.len().alias("images"), pl.col("patient_id").n_unique().alias("patients")
+    ).sort("split")
+    context.log.info(f"split policy {audit.split_policy}: {dict(per_split.select('split', 'images').iter_rows())}")
+    return dg.MaterializeResult(metadata={
+        "policy": audit.split_policy,
+        "dagster/row_count": assigned.height,
+        "per_split": _markdown_table(per_split),
+        "path": dg.MetadataValue.path(str(path)),
+    })
+
+
+@dg.asset(group_name=GROUP, deps=[split_assignments], kinds={"polars", "json"})
+def split_integrity(audit: AuditSettings) -> dg.MaterializeResult:
+    """Patients, case ids and files that cross splits, found from the manifest alone."""
+    files = OutputFiles(audit.output_dir)
+    findings = check_split_integrity(pl.read_parquet(files.split_assignments))
+    tables = findings.tables()
+    write_json({name: table.to_dicts() for name, table in tables.items()}, files.split_integrity)
+    return dg.MaterializeResult(metadata={
+        **{name: table.height for name, table in tables.items() if name != "counts"},
+        "patients_spanning_splits_examples": _markdown_table(findings.patients_spanning_splits),
+        "counts": _markdown_table(findings.counts, 60),
+        "path": dg.MetadataValue.path(str(files.split_integrity)),
+    })
+
+
+def _previous_hashes(files: OutputFiles, split: str) -> pl.DataFrame | None:
+    """Last finished hashes of the split plus any chunks a killed run left behind."""
+    sources = [files.image_hashes(split)] if files.image_hashes(split).exists() else []
+    progress = files.hash_progress(split)
+    if progress.exists():
+        sources += sorted(progress.glob("*.parquet"))
+    return pl.concat([pl.read_parquet(p) for p in sources], how="diagonal_relaxed") if sources else None
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[split_assignments],
+    partitions_def=split_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    kinds={"pillow", "parquet"},
+)
+def image_hashes(context: dg.AssetExecutionContext, audit: AuditSettings) -> dg.MaterializeResult:
+    """sha256, pHash and dHash of every image in the split; unchanged images are reused from the last run."""
+    files = OutputFiles(audit.output_dir)
+    assignments = pl.read_parquet(files.split_assignments)
+    totals = {"hashed": 0, "reused": 0}
+    status_counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
+    for split in context.partition_keys:
+        locations = assignments.filter(pl.col("split") == split)["location"].to_list()
+        progress = files.hash_progress(split)
+        progress.mkdir(parents=True, exist_ok=True)
+        chunk_number = len(list(progress.glob("*.parquet")))
+
+        def checkpoint(chunk: pl.DataFrame) -> None:
+            nonlocal chunk_number
+            write_parquet(chunk, progress / f"chunk-{chunk_number:06d}.parquet")
+            chunk_number += 1
+
+        run = hash_images(locations, _previous_hashes(files, split), workers=audit.hash_workers,
+                          checkpoint=checkpoint)
+        write_parquet(run.hashes, files.image_hashes(split))
+        shutil.rmtree(progress, ignore_errors=True)
+        totals["hashed"] += run.hashed
+        totals["reused"] += run.reused
+        for status, count in run.hashes.group_by("status").len().iter_rows():
+            status_counts[status] += count
+        context.log.info(f"split {split}: {len(locations)} images, hashed {run.hashed}, reused {run.reused}")
+    return dg.MaterializeResult(metadata={
+        **totals,
+        "splits": ", ".join(context.partition_keys),
+        "status_counts": dg.MetadataValue.json(status_counts),
+        "dagster/row_count": sum(status_counts.values()),
+        "paths": dg.MetadataValue.json([str(files.image_hashes(s)) for s in context.partition_keys]),
+    })
+
+
+def load_audited_images(files: OutputFiles) -> pl.DataFrame:
+    """Split assignments joined with each image's hash row (the current hashes of every split)."""
+    assignments = pl.read_parquet(files.split_assignments)
+    hashes = pl.concat([pl.read_parquet(files.image_hashes(split)) for split in SPLIT_NAMES
+                        if files.image_hashes(split).exists()])
+    return assignments.join(hashes, on="location", how="left")
+
+
+@dg.asset(group_name=GROUP, deps=[image_hashes, split_assignments], kinds={"numba", "parquet"})
+def near_duplicate_pairs(context: dg.AssetExecutionContext, audit: AuditSettings) -> dg.MaterializeResult:
+    """Every cross-split pair with equal bytes or a pHash/dHash distance within the max radius."""
+    files = OutputFiles(audit.output_dir)
+    images = load_audited_images(files)
+    pairs = cross_split_pairs(images, list(SPLIT_NAMES), audit.max_radius)
+    path = write_parquet(pairs, files.near_duplicate_pairs)
+    per_pair = {
+        f"{q} vs {r}": pairs.filter((pl.col("query_split") == q) & (pl.col("reference_split") == r)).height
+        for q, r in split_pairs(list(SPLIT_NAMES))
+    }
+    context.log.info(f"{pairs.height} cross-split pairs within radius {audit.max_radius}: {per_pair}")
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": pairs.height,
+        "max_radius": audit.max_radius,
+        "pairs_per_split_pair": dg.MetadataValue.json(per_pair),
+        "exact_byte_copies": int(pairs["sha256_equal"].sum()),
+        "path": dg.MetadataValue.path(str(path)),
+    })
+
+
+@dg.asset(group_name=GROUP, deps=[near_duplicate_pairs, split_integrity, image_hashes], kinds={"json", "markdown"})
+def leakage_report(context: dg.AssetExecutionContext, audit: AuditSettings) -> dg.MaterializeResult:
+    """The audit's answer: thresholds, label agreement, linked patients, flagged images, montage, verdict."""
+    files = OutputFiles(audit.output_dir)
+    images = load_audited_images(files)
+    pairs = pl.read_parquet(files.near_duplicate_pairs)
+    # Recomputed from the assignments (cheap, reads no image) rather than parsed back from JSON.
+    findings = check_split_integrity(pl.read_parquet(files.split_assignments))
+    audit_report = build_report(images, pairs, findings, list(SPLIT_NAMES), audit.report_settings())
+    report, flagged = audit_report.report, audit_report.flagged
+    markdown = report_markdown(report)
+    test_split = SPLIT_NAMES[-1]
+    write_json(report, files.report_json)
+    write_text(markdown, files.report_markdown)
+    write_json(flagged.filter(pl.col("query_split") == test_split).to_dicts(), files.flagged_test_images)
+    drawn = write_montage(audit_report.informative_pairs, files.montage, limit=audit.montage_pairs)
+    verdict = report["verdict"]
+    context.log.info(verdict["text"])
+    return dg.MaterializeResult(metadata={
+        "verdict": verdict["text"],
+        "leaked_test_share": verdict["leaked_share"],
+        "flagged_query_images": report["flagged"]["count"],
+        "patients_spanning_splits": verdict["patients_spanning_splits"],
+        "coincidental_hashes": ", ".join(report["coincidental_hashes"]) or "none",
+        "thresholds": dg.MetadataValue.md(threshold_markdown(report)),
+        "report": dg.MetadataValue.md(markdown),
+        "montage_pairs": drawn,
+        "report_dir": dg.MetadataValue.path(str(files.report_dir)),
+    })
+
+
+AUDIT_ASSETS = [manifest, split_assignments, split_integrity, image_hashes, near_duplicate_pairs, leakage_report]

@@ -1,0 +1,60 @@
+"""What an audit runs on and where it writes, as a Dagster resource.
+
+Split names are fixed when definitions load (they are the hash asset's static partitions),
+so they come from ``LEAKAGE_SPLITS``; everything else is per run.
+"""
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from leakage_pipeline.audit.manifest import ColumnMapping
+from leakage_pipeline.audit.report import ReportSettings
+from leakage_pipeline.audit.splitting import POLICY_KEEP, SplitPlan
+
+SPLIT_NAMES: tuple[str, ...] = tuple(
+    name.strip() for name in os.environ.get("LEAKAGE_SPLITS", "train,val,test").split(",") if name.strip()
+)
+DEFAULT_DEMO_DIR = Path(".demo")
+
+
+class AuditSettings(dg.ConfigurableResource):
+    """Inputs and knobs of one leakage audit."""
+
+    manifest_path: str
+    output_dir: str
+    image_root: str | None = None  # relative image URIs live here; default: the manifest's folder
+    columns: str = ""  # "image_uri=path,patient_id=pid,..." when the manifest's names differ
+    split_policy: str = POLICY_KEEP
+    split_fractions: list[float] = [0.7, 0.15, 0.15]
+    seed: int = 0
+    max_radius: int = 8
+    radii: list[int] = [0, 2, 5, 8]
+    hash_workers: int = 2
+    montage_pairs: int = 24
+
+    def column_mapping(self) -> ColumnMapping:
+        return ColumnMapping.parse(self.columns)
+
+    def resolved_image_root(self) -> str:
+        return self.image_root or str(Path(self.manifest_path).resolve().parent)
+
+    def split_plan(self) -> SplitPlan:
+        return SplitPlan(names=SPLIT_NAMES, fractions=tuple(self.split_fractions), seed=self.seed)
+
+    def report_settings(self) -> ReportSettings:
+        return ReportSettings(radii=tuple(r for r in self.radii if r <= self.max_radius))
+
+
+def settings_from_env() -> AuditSettings:
+    """Settings for ``dagster dev`` and deployments; defaults point at the embedded demo."""
+    env = os.environ.get
+    return AuditSettings(
+        manifest_path=env("LEAKAGE_MANIFEST", str(DEFAULT_DEMO_DIR / "data" / "manifest.csv")),
+        output_dir=env("LEAKAGE_OUTPUT_DIR", str(DEFAULT_DEMO_DIR / "out")),
+        image_root=env("LEAKAGE_IMAGE_ROOT") or None,
+        columns=env("LEAKAGE_COLUMNS", ""),
+        split_policy=env("LEAKAGE_SPLIT_POLICY", POLICY_KEEP),
+        max_radius=int(env("LEAKAGE_MAX_RADIUS", "8")),
+    )

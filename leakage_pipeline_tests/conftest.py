@@ -1,0 +1,38 @@
+import io
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+
+from leakage_pipeline.demo.synthetic_dataset import DemoSpec, build_demo_dataset
+
+SMALL_DEMO = DemoSpec(patients=70, images_per_patient=(2, 4), seed=3, scale=0.4)
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def write_image(path: Path, seed: int, size=(64, 48), mode="RGB", fmt="PNG") -> Path:
+    """A smooth random image (seeded) written to ``path``."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    image = Image.fromarray(coarse, "RGB").resize(size, Image.Resampling.BICUBIC).convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode(image, fmt))
+    return path
+
+
+def write_manifest(path: Path, rows: list[dict]) -> Path:
+    pl.DataFrame(rows).write_csv(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory) -> Path:
+    """Manifest path of a small synthetic dataset with every kind of planted leak."""
+    return build_demo_dataset(tmp_path_factory.mktemp("small_demo"), SMALL_DEMO)
