@@ -279,7 +279,7 @@ def build_report(
         "trusted_radius": trusted,
         "patient_links": patient_links(kept),
         "flagged": {"count": flagged.height, "per_split": dict(flagged.group_by("query_split").len().iter_rows()),
-                    "examples": _records(flagged.drop("location"), _EXAMPLES)},
+                    "images": _records(flagged.drop("location"))},
         "verdict": verdict(images, flagged, findings, split_order[-1]),
     }
     return AuditReport(report=report, flagged=flagged, informative_pairs=pairs)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# Long lists are cut here in markdown; leakage_audit.json has every row.
+_SHOWN_ROWS = 20
+
 
 def _table(headers: list[str], rows: list[list]) -> str:
     def cell(value) -> str:
@@ -82,7 +85,7 @@ def report_markdown(report: dict) -> str:
         _table(
             ["query patient", "split", "reference patient", "split", "query images", "pairs", "same label"],
             [[r["query_patient_id"], r["query_split"], r["reference_patient_id"], r["reference_split"],
-              r["query_images"], r["matched_pairs"], r["same_label_share"]] for r in links["pairs"][:20]],
+              r["query_images"], r["matched_pairs"], r["same_label_share"]] for r in links["pairs"][:_SHOWN_ROWS]],
         ) if links["pairs"] else "None."
     )
     if links["clusters"]:
@@ -94,7 +97,7 @@ def report_markdown(report: dict) -> str:
             ["image", "split", "patient", "closest match", "split", "patient", "by", "pHash", "dHash"],
             [[r["query_image_uri"], r["query_split"], r["query_patient_id"], r["reference_image_uri"],
               r["reference_split"], r["reference_patient_id"], r["matched_by"], r["phash_distance"],
-              r["dhash_distance"]] for r in flagged["examples"]],
-        ) if flagged["examples"] else "None.",
+              r["dhash_distance"]] for r in flagged["images"][:_SHOWN_ROWS]],
+        ) if flagged["images"] else "None.",
     ]
     return "\n\n".join(parts) + "\n"

@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each creates .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test dev bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/leakage-pipeline demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 leakage_pipeline_tests
+
+# The Dagster UI on 127.0.0.1:3000 over the demo data (run `make demo` once first).
+dev: $(STAMP)
+	mkdir -p .dagster_home
+	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.matching
+
+clean:
+	rm -rf $(VENV) .demo .dagster_home

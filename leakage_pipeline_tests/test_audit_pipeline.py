@@ -1,0 +1,138 @@
+"""The Dagster layer end to end, on a small synthetic dataset in temporary directories."""
+
+import json
+import shutil
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from leakage_pipeline.definitions import defs
+from leakage_pipeline.defs.automation import audit_run_tags, manifest_changed, nightly_audit
+from leakage_pipeline.defs.settings import AuditSettings
+from leakage_pipeline.runner import AuditFailed, run_audit
+from leakage_pipeline_tests.conftest import write_image
+
+
+def _materialization_metadata(outcome, asset: str) -> dict:
+    events = outcome.result.asset_materializations_for_node(asset)
+    return {key: value.value for key, value in events[0].metadata.items()}
+
+
+def _check_passed(outcome, name: str) -> bool:
+    (evaluation,) = [e for e in outcome.result.get_asset_check_evaluations() if e.check_name == name]
+    return evaluation.passed
+
+
+@pytest.fixture(scope="module")
+def audited(small_demo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("audit_out")
+    return run_audit(AuditSettings(manifest_path=str(small_demo), output_dir=str(out))), small_demo
+
+
+def test_definitions_load_with_job_schedule_and_sensor():
+    assert defs.resolve_job_def("leakage_audit") is not None
+    assert defs.resolve_schedule_def("nightly_audit").cron_schedule == "0 2 * * *"
+    assert defs.resolve_sensor_def("manifest_changed") is not None
+    assert len(defs.resolve_asset_graph().get_all_asset_keys()) == 6
+
+
+def test_audit_writes_every_report_file(audited):
+    outcome, _ = audited
+    files = outcome.files
+    for path in (files.report_json, files.report_markdown, files.flagged_test_images, files.montage,
+                 files.near_duplicate_pairs, files.split_integrity, files.image_hashes("test")):
+        assert path.exists(), path
+    report = json.loads(files.report_json.read_text())
+    for section in ("counts", "split_integrity", "thresholds", "label_agreement", "patient_links",
+                    "flagged", "verdict"):
+        assert section in report
+    metadata = _materialization_metadata(outcome, "leakage_report")
+    assert "Threshold table" in metadata["report"]
+    assert files.report_markdown.read_text().startswith("# Leakage audit")
+
+
+def test_audit_finds_every_planted_leak(audited):
+    outcome, manifest = audited
+    planted = json.loads((manifest.parent / "planted.json").read_text())
+    report = json.loads(outcome.files.report_json.read_text())
+    flagged = {row["query_image_uri"] for row in report["flagged"]["images"]}
+    flagged_test = {row["query_image_uri"] for row in json.loads(outcome.files.flagged_test_images.read_text())}
+    for copy in planted["exact_copies"] + planted["reencoded_copies"]:
+        assert copy["image_uri"] in (flagged_test if copy["split"] == "test" else flagged), copy
+    twins = planted["reenrolled_patient"]
+    links = {(r["query_patient_id"], r["reference_patient_id"]) for r in report["patient_links"]["pairs"]}
+    assert (twins["second_id"], twins["original"]) in links
+    spanning = report["split_integrity"]["patients_spanning_splits"]["examples"]
+    assert [r["patient_id"] for r in spanning] == [planted["patient_spanning_splits"]["patient_id"]]
+    assert report["counts"]["per_status"]["unreadable"] == 1
+
+
+def test_blocking_check_stops_training_but_not_the_report(audited):
+    outcome, _ = audited
+    assert outcome.training_blocked
+    assert not _check_passed(outcome, "no_patient_spans_splits")
+    assert not _check_passed(outcome, "every_image_readable")  # the planted unreadable file warns
+    assert outcome.files.report_json.exists()
+
+
+def test_assigned_split_passes_the_blocking_check(small_demo, tmp_path):
+    outcome = run_audit(AuditSettings(manifest_path=str(small_demo), output_dir=str(tmp_path),
+                                      split_policy="assign", seed=1))
+    assert not outcome.training_blocked
+    assert _check_passed(outcome, "no_patient_spans_splits")
+    assignments = pl.read_parquet(outcome.files.split_assignments)
+    assert assignments.group_by("patient_id").agg(pl.col("split").n_unique())["split"].max() == 1
+
+
+def test_rerun_after_adding_images_hashes_only_the_new_ones(small_demo, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(small_demo.parent, data)
+    settings = AuditSettings(manifest_path=str(data / "manifest.csv"), output_dir=str(tmp_path / "out"))
+    first = _materialization_metadata(run_audit(settings), "image_hashes")
+    manifest = pl.read_csv(data / "manifest.csv", infer_schema=False)
+    new_rows = [
+        {**manifest.row(0, named=True), "image_uri": f"images/new_{i}.png", "patient_id": f"NEW{i}",
+         "split": "test", "case_id": None}
+        for i in range(5)
+    ]
+    for i in range(5):
+        write_image(data / "images" / f"new_{i}.png", 1000 + i)
+    pl.concat([manifest, pl.DataFrame(new_rows, schema=manifest.schema)]).write_csv(data / "manifest.csv")
+    second = _materialization_metadata(run_audit(settings), "image_hashes")
+    assert first["hashed"] == manifest.height and first["reused"] == 0
+    assert second["hashed"] == 5
+    # The planted unreadable file is content-identified too, so it is reused, not re-read.
+    assert second["reused"] == manifest.height
+
+
+def test_bad_manifest_fails_with_its_message(tmp_path):
+    bad = tmp_path / "m.csv"
+    bad.write_text("image_uri,patient_id,label,split\na.png,p1,x,train\nb.png,,x,test\n")
+    with pytest.raises(AuditFailed, match=r"step manifest failed: .*'patient_id' \(patient_id\) is empty in 1 row\(s\): 2"):
+        run_audit(AuditSettings(manifest_path=str(bad), output_dir=str(tmp_path / "out")))
+
+
+def test_nightly_schedule_requests_one_run_over_every_split():
+    request = nightly_audit(dg.build_schedule_context())
+    assert request.tags == audit_run_tags()
+    assert audit_run_tags() == {"dagster/asset_partition_range_start": "train",
+                                "dagster/asset_partition_range_end": "test"}
+
+
+def test_sensor_starts_an_audit_only_when_the_manifest_changes(tmp_path):
+    manifest = tmp_path / "m.csv"
+    settings = AuditSettings(manifest_path=str(manifest), output_dir=str(tmp_path / "out"))
+
+    def evaluate(cursor):
+        return manifest_changed(dg.build_sensor_context(cursor=cursor, resources={"audit": settings}))
+
+    assert evaluate(None).skip_reason is not None  # no manifest yet
+    manifest.write_text("image_uri,patient_id,label\na.png,p,x\n")
+    first = evaluate(None)
+    assert len(first.run_requests) == 1 and first.run_requests[0].tags == audit_run_tags()
+    assert evaluate(first.cursor).skip_reason.skip_message == "manifest unchanged since the last audit"
+    manifest.write_text("image_uri,patient_id,label\na.png,p,x\nb.png,q,y\n")
+    second = evaluate(first.cursor)
+    assert len(second.run_requests) == 1 and second.cursor != first.cursor
+    assert second.run_requests[0].run_key == second.cursor
