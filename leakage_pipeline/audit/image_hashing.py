@@ -160,6 +160,6 @@ def hash_images(
                 checkpoint(part)
             new_parts.append(part)
     hashes = pl.concat([reused.select(HASH_SCHEMA.keys()), *new_parts])
-    order = pl.DataFrame({"location": unique_locations}).with_row_index("_order")
+    order = pl.DataFrame({"location": unique_locations}, schema={"location": pl.String}).with_row_index("_order")
     hashes = hashes.join(order, on="location").sort("_order").drop("_order")
     return HashRun(hashes=hashes, hashed=len(todo), reused=reused.height)

@@ -1,0 +1,58 @@
+"""gs:// image URIs, against the gcp-storage-emulator on 127.0.0.1 with the real client."""
+
+import socket
+
+import polars as pl
+import pytest
+from gcp_storage_emulator.server import create_server
+
+from leakage_pipeline.audit import image_source
+from leakage_pipeline.audit.image_hashing import STATUS_MISSING, STATUS_OK, hash_images
+from leakage_pipeline.defs.settings import AuditSettings
+from leakage_pipeline.runner import run_audit
+from leakage_pipeline_tests.conftest import write_image
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def bucket(monkeypatch):
+    port = _free_port()
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="scans")
+    server.start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    image_source._gcs_client.cache_clear()
+    yield image_source._gcs_client().bucket("scans")
+    image_source._gcs_client.cache_clear()
+    server.stop()
+
+
+def test_gcs_images_hash_and_cache_by_generation(bucket, tmp_path):
+    for i in range(3):
+        bucket.blob(f"ct/{i}.png").upload_from_filename(str(write_image(tmp_path / f"{i}.png", i)))
+    locations = [f"gs://scans/ct/{i}.png" for i in range(3)] + ["gs://scans/ct/absent.png"]
+    first = hash_images(locations)
+    assert first.hashes["status"].to_list() == [STATUS_OK] * 3 + [STATUS_MISSING]
+    local = hash_images([str(tmp_path / f"{i}.png") for i in range(3)]).hashes
+    assert first.hashes["phash"].head(3).to_list() == local["phash"].to_list()
+    bucket.blob("ct/1.png").upload_from_filename(str(write_image(tmp_path / "new.png", 50)))  # new generation
+    second = hash_images(locations, first.hashes)
+    assert (second.hashed, second.reused) == (2, 2)  # the rewritten object and the missing one
+
+
+def test_audit_reads_a_manifest_whose_images_are_in_gcs(bucket, tmp_path):
+    rows = []
+    for i, split in enumerate(["train", "train", "test"]):
+        path = write_image(tmp_path / f"{i}.png", 7 if i in (0, 2) else i)  # 0 and 2 are the same image
+        bucket.blob(f"x/{i}.png").upload_from_filename(str(path))
+        rows.append({"image_uri": f"x/{i}.png", "patient_id": f"p{i}", "label": "a", "split": split})
+    pl.DataFrame(rows).write_csv(tmp_path / "m.csv")
+    outcome = run_audit(AuditSettings(manifest_path=str(tmp_path / "m.csv"), output_dir=str(tmp_path / "out"),
+                                      image_root="gs://scans"))
+    pairs = pl.read_parquet(outcome.files.near_duplicate_pairs)
+    assert pairs.filter(pl.col("sha256_equal"))[["query_image_uri", "reference_image_uri"]].rows() == [
+        ("x/2.png", "x/0.png")]
