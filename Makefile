@@ -24,6 +24,7 @@ dev: $(STAMP)
 	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 bench: $(STAMP)
+	$(BIN)/python -m bench.hashing
 	$(BIN)/python -m bench.matching
 
 clean:
