@@ -24,11 +24,6 @@ def _popcount(typingctx, value):
     return signature, codegen
 
 
-@numba.njit(cache=True)
-def hamming_distance(a: np.uint64, b: np.uint64) -> np.uint64:
-    return _popcount(a ^ b)
-
-
 @numba.njit(parallel=True, cache=True)
 def _count_matches(query, reference, radius):
     counts = np.zeros(query.shape[0], dtype=np.int64)

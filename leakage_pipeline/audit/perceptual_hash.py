@@ -12,7 +12,6 @@ import numpy as np
 import scipy.fftpack
 from PIL import Image
 
-HASH_BITS = 64
 _PHASH_SIZE = 32  # hash_size 8 x highfreq_factor 4, as imagehash's defaults
 _DHASH_SIZE = (9, 8)  # (width, height): 8 horizontal differences per row
 
@@ -43,11 +42,3 @@ def perceptual_hashes(image: Image.Image) -> tuple[int, int, float]:
     gray = image.convert("L")
     thumbnail = np.asarray(gray.resize((_PHASH_SIZE, _PHASH_SIZE), Image.Resampling.LANCZOS))
     return phash_from_pixels(thumbnail), dhash_from_gray(gray), float(thumbnail.std())
-
-
-def hamming(a: int, b: int) -> int:
-    return (a ^ b).bit_count()
-
-
-def to_hex(value: int) -> str:
-    return f"{value:016x}"
