@@ -26,7 +26,8 @@ class AuditOutcome:
 
 def _root_message(event: dg.DagsterEvent) -> str:
     error = event.step_failure_data.error
-    while error.cause is not None and error.cls_name in ("DagsterExecutionStepExecutionError",):
+    # Dagster wraps the asset's own exception; the user needs the innermost message.
+    while error.cause is not None and error.cls_name == "DagsterExecutionStepExecutionError":
         error = error.cause
     return error.message.strip()
 

@@ -27,6 +27,11 @@ PAIR_SCHEMA = {
 }
 
 
+def closeness() -> pl.Expr:
+    """A pair's smaller perceptual distance; 64 (as far as can be) where either side has no hash."""
+    return pl.min_horizontal("phash_distance", "dhash_distance").fill_null(64)
+
+
 def split_pairs(split_order: list[str]) -> list[tuple[str, str]]:
     """(query split, reference split) for every later split against every earlier one, test first."""
     return [

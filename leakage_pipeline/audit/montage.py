@@ -9,6 +9,7 @@ import polars as pl
 from PIL import Image, ImageDraw, ImageFont
 
 from leakage_pipeline.audit import image_source
+from leakage_pipeline.audit.matching import closeness
 
 _THUMB = 160
 _CAPTION = 46
@@ -28,9 +29,7 @@ def _thumbnail(location: str) -> Image.Image:
 
 
 def closest_pairs(pairs: pl.DataFrame, limit: int) -> pl.DataFrame:
-    return pairs.with_columns(
-        closeness=pl.min_horizontal("phash_distance", "dhash_distance").fill_null(64)
-    ).sort(["sha256_equal", "closeness", "phash_distance"], descending=[True, False, False], nulls_last=True).head(limit)
+    return pairs.with_columns(closeness=closeness()).sort(["sha256_equal", "closeness", "phash_distance"], descending=[True, False, False], nulls_last=True).head(limit)
 
 
 def write_montage(pairs: pl.DataFrame, path: Path, limit: int = 24, columns: int = 2) -> int:

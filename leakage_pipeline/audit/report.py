@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from leakage_pipeline.audit.integrity import IntegrityFindings
-from leakage_pipeline.audit.matching import PERCEPTUAL_HASHES
+from leakage_pipeline.audit.matching import PERCEPTUAL_HASHES, closeness
 from leakage_pipeline.audit.image_hashing import STATUS_OK
 
 SHA256 = "sha256"
@@ -153,7 +153,7 @@ def trusted_pairs(pairs: pl.DataFrame, trusted: dict[str, int | None]) -> pl.Dat
 def flagged_images(trusted: pl.DataFrame) -> pl.DataFrame:
     """One row per query image with a trusted match: its closest match and how many it has."""
     ranked = trusted.with_columns(
-        closeness=pl.min_horizontal(pl.col("phash_distance"), pl.col("dhash_distance")).fill_null(64),
+        closeness=closeness(),
     ).sort(["query_location", "sha256_equal", "closeness"], descending=[False, True, False])
     return (
         ranked.group_by("query_location", maintain_order=True)
