@@ -3,12 +3,16 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# torch 2.13.0 is the CPU build on this machine's disk; on a GPU machine set TORCH=torch (or a
+# CUDA index's pin) to keep a CUDA build. pyproject.toml only asks for torch>=2.9.
+TORCH ?= torch==2.13.0
 
 .PHONY: demo test dev bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet '$(TORCH)'
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
@@ -26,6 +30,7 @@ dev: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.hashing
 	$(BIN)/python -m bench.matching
+	$(BIN)/python -m bench.training
 
 clean:
 	rm -rf $(VENV) .demo .dagster_home

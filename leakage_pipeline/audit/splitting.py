@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from leakage_pipeline.audit.manifest import ManifestError
@@ -96,3 +97,25 @@ def assign_splits(
     return manifest.drop("split").join(splits, on="patient_id", how="left").select(
         manifest.columns + ["split_source"]
     )
+
+
+def image_level_splits(frame: pl.DataFrame, sizes: dict[str, int], seed: int) -> pl.DataFrame:
+    """The split a careless pipeline makes: images shuffled and cut to ``sizes``, patients ignored.
+
+    ``sizes`` must add up to the frame's height; it is the leaky contrast to a patient-level split.
+    """
+    if sum(sizes.values()) != frame.height:
+        raise ValueError(f"split sizes {sizes} do not add up to the {frame.height} images")
+    shuffled = np.random.default_rng(seed).permutation(frame.height)
+    names = np.repeat(np.array(list(sizes), dtype=object), list(sizes.values()))
+    split = np.empty(frame.height, dtype=object)
+    split[shuffled] = names
+    return frame.with_columns(split=pl.Series(split.tolist(), dtype=pl.String))
+
+
+def shared_patients(frame: pl.DataFrame, first: str, second: str) -> int:
+    """How many patients have images in both splits ``first`` and ``second``."""
+    def patients(name: str) -> set:
+        return set(frame.filter(pl.col("split") == name)["patient_id"].to_list())
+
+    return len(patients(first) & patients(second))

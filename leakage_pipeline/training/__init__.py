@@ -1,0 +1,1 @@
+"""Training and evaluation: does leakage move the metric? Plain torch/numpy, no Dagster."""

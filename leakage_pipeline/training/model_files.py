@@ -1,0 +1,68 @@
+"""A trained model on disk (``model.pt`` + ``preprocessing.json``) and predictions from it.
+
+``model.pt`` holds the weights, the architecture and the class names; ``preprocessing.json``
+the image size, channels and normalisation. Evaluation, ``predict`` and ``serve`` all load a
+model through :class:`Classifier`, so they preprocess exactly as training did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from leakage_pipeline.training.models import build_model
+from leakage_pipeline.training.preprocessing import Preprocessing
+from leakage_pipeline.training.trainer import DeviceImages, pick_device, predict_probabilities
+
+MODEL_FILE = "model.pt"
+PREPROCESSING_FILE = "preprocessing.json"
+
+
+def save_model(directory: Path, model: nn.Module, architecture: str, class_names: list[str],
+               preprocessing: Preprocessing) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    torch.save({"state_dict": state, "architecture": architecture, "class_names": class_names,
+                "in_channels": preprocessing.channels}, directory / MODEL_FILE)
+    preprocessing.save(directory / PREPROCESSING_FILE)
+    return directory / MODEL_FILE
+
+
+def class_names(directory: Path) -> list[str]:
+    return list(torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)["class_names"])
+
+
+@dataclass
+class Classifier:
+    model: nn.Module
+    class_names: list[str]
+    preprocessing: Preprocessing
+    device: torch.device
+
+    @classmethod
+    def load(cls, directory: Path, device: str = "auto") -> Classifier:
+        if not (directory / MODEL_FILE).exists():
+            raise FileNotFoundError(f"{directory} holds no {MODEL_FILE}: train a model first")
+        saved = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
+        model = build_model(saved["architecture"], saved["in_channels"], len(saved["class_names"]))
+        model.load_state_dict(saved["state_dict"])
+        target = pick_device(device)
+        return cls(model=model.to(target).eval(), class_names=list(saved["class_names"]),
+                   preprocessing=Preprocessing.load(directory / PREPROCESSING_FILE), device=target)
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities of preprocessed uint8 images (N, C, H, W)."""
+        return predict_probabilities(self.model, DeviceImages(images, self.preprocessing, self.device))
+
+    def predict_bytes(self, data: bytes) -> dict:
+        """Predicted class and every class's probability for one encoded image."""
+        probabilities = self.probabilities(self.preprocessing.bytes_to_array(data)[None])[0]
+        return {
+            "predicted": self.class_names[int(probabilities.argmax())],
+            "probabilities": {name: round(float(p), 6) for name, p in zip(self.class_names, probabilities,
+                                                                          strict=True)},
+        }
