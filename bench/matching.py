@@ -112,7 +112,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     ours(np.ones(4, np.uint64), np.ones(4, np.uint64), 1)  # compile outside the timings
     print(f"radius {args.radius}; medians of {args.repeats} runs; ratio = reference time / our time\n")
-    print(f"| input | size | method | seconds | pairs | ratio |\n|---|---|---|---|---|---|")
+    print("| input | size | method | seconds | pairs | ratio |\n|---|---|---|---|---|---|")
     centres = cluster_centres(rng)
     inputs = {
         "skewed": (skewed_hashes(rng, args.queries, centres), skewed_hashes(rng, args.references, centres)),

@@ -1,7 +1,8 @@
-"""``leakage-pipeline``: run the audit from scripts and cron, or the embedded demo.
+"""``leakage-pipeline``: audit (and train) from scripts and cron, predict, serve, or run the demo.
 
 Exit codes: 0 when the audit ran (whatever it found, leakage included), 2 when it could not
 (bad manifest, bad arguments, unreadable output directory), with the reason on stderr.
+``predict`` exits 2 when the model or any image could not be read (the others are still printed).
 """
 
 from __future__ import annotations
@@ -17,11 +18,17 @@ import dagster as dg
 from leakage_pipeline.audit.manifest import ManifestError
 from leakage_pipeline.audit.report_markdown import threshold_markdown
 from leakage_pipeline.audit.splitting import SPLIT_POLICIES
-from leakage_pipeline.defs.settings import DEFAULT_DEMO_DIR, AuditSettings
+from leakage_pipeline.defs.settings import DEFAULT_DEMO_DIR, AuditSettings, TrainingSettings
 from leakage_pipeline.runner import AuditFailed, AuditOutcome, run_audit
+from leakage_pipeline.training.evaluation import summary_markdown
+from leakage_pipeline.training.model_files import Classifier
+from leakage_pipeline.training.models import ARCHITECTURES, SMALL_CNN
+from leakage_pipeline.training.serving import DEFAULT_MAX_UPLOAD_BYTES, serve
 
 EXIT_RAN = 0
 EXIT_COULD_NOT_RUN = 2
+# Small images and a small CNN: both trainings take a few minutes on two CPU cores.
+DEMO_TRAINING = TrainingSettings(image_size=32, epochs=15, patience=5)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,52 +46,120 @@ def _parser() -> argparse.ArgumentParser:
                        help="canonical=manifest column names, e.g. image_uri=path,patient_id=pid,label=dx")
     audit.add_argument("--seed", type=int, default=0, help="seed of the patient-level split assignment")
     audit.add_argument("--workers", type=int, default=2, help="hashing threads")
+    audit.add_argument("--train", action="store_true",
+                       help="also train the leak-free and the leaky model and evaluate both (skipped when a "
+                            "patient spans splits)")
+    audit.add_argument("--image-size", type=int, default=64, help="training image side in pixels (default 64)")
+    audit.add_argument("--channels", type=int, choices=(1, 3), default=3, help="1 for grayscale, 3 for RGB")
+    audit.add_argument("--architecture", choices=ARCHITECTURES, default=SMALL_CNN)
+    audit.add_argument("--epochs", type=int, default=30, help="most epochs; early stopping on val may end sooner")
+    audit.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    audit.add_argument("--initial-weights", help="a state dict file to start training from")
 
-    demo = commands.add_parser("demo", help="build the synthetic demo dataset and audit it")
+    demo = commands.add_parser("demo", help="build the synthetic demo dataset, audit it, train and evaluate")
     demo.add_argument("--dir", type=Path, default=DEFAULT_DEMO_DIR, help="where the demo data and report go")
+    demo.add_argument("--no-train", action="store_true", help="audit only")
     for command in (audit, demo):
         command.add_argument("--verbose", action="store_true", help="show Dagster's run log")
+
+    predict = commands.add_parser("predict", help="print each image's predicted class and probabilities as JSON")
+    predict.add_argument("images", nargs="+", type=Path)
+    predict.add_argument("--model", type=Path, required=True, help="a model directory (model.pt, preprocessing.json)")
+    predict.add_argument("--device", default="auto")
+
+    serve = commands.add_parser("serve", help="serve a model over HTTP: GET /health, POST /predict")
+    serve.add_argument("--model", type=Path, required=True, help="a model directory (model.pt, preprocessing.json)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20)
     return parser
 
 
-def _summary(outcome: AuditOutcome) -> str:
+def _summary(outcome: AuditOutcome, trained: bool) -> str:
     report = json.loads(outcome.files.report_json.read_text())
     lines = [threshold_markdown(report), "", report["verdict"]["text"]]
     if outcome.training_blocked:
         lines.append("Training is blocked: the split check failed (patients span splits).")
     lines.append(f"Report: {outcome.files.report_markdown.resolve()}")
+    evaluation = outcome.files.evaluation_dir / "evaluation.json"
+    if trained and not outcome.training_blocked:
+        summary = json.loads(evaluation.read_text())
+        lines += ["", summary_markdown(summary), "", summary["verdict"],
+                  f"Evaluation: {evaluation.with_suffix('.md').resolve()}",
+                  f"Models: {outcome.files.training_dir.resolve()}/{{leak_free,leaky}}"]
     return "\n".join(lines)
 
 
-def _audit(settings: AuditSettings, verbose: bool) -> int:
+def _audit(settings: AuditSettings, verbose: bool, training: TrainingSettings | None = None) -> int:
     try:
         settings.column_mapping()  # a malformed --columns fails here, before any work
-        outcome = run_audit(settings, log_level="INFO" if verbose else "CRITICAL")
+        outcome = run_audit(settings, log_level="INFO" if verbose else "CRITICAL", training=training)
     except (AuditFailed, ManifestError) as error:
         print(f"leakage-pipeline: the audit could not run: {error}", file=sys.stderr)
         return EXIT_COULD_NOT_RUN
-    print(_summary(outcome))
+    print(_summary(outcome, trained=training is not None))
     return EXIT_RAN
 
 
-def main(argv: list[str] | None = None) -> int:
-    # A script's user cannot act on Dagster's notice that single-run backfills are in beta.
-    warnings.filterwarnings("ignore", category=dg.BetaWarning)
-    args = _parser().parse_args(argv)
-    if args.command == "audit":
-        return _audit(AuditSettings(
-            manifest_path=args.manifest, output_dir=args.out, image_root=args.image_root,
-            columns=args.columns, split_policy=args.split_policy, max_radius=args.max_radius,
-            seed=args.seed, hash_workers=args.workers,
-        ), args.verbose)
+def _predict(images: list[Path], model_dir: Path, device: str) -> int:
+    try:
+        classifier = Classifier.load(model_dir, device)
+    except (FileNotFoundError, RuntimeError, KeyError) as error:
+        print(f"leakage-pipeline: cannot load the model in {model_dir}: {error}", file=sys.stderr)
+        return EXIT_COULD_NOT_RUN
+    results, failed = [], 0
+    for path in images:
+        try:
+            results.append({"image": str(path), **classifier.predict_bytes(path.read_bytes())})
+        except (OSError, SyntaxError, ValueError) as error:  # missing file, or bytes that are no image
+            failed += 1
+            results.append({"image": str(path), "error": f"{type(error).__name__}: {error}"})
+    print(json.dumps(results, indent=2))
+    return EXIT_COULD_NOT_RUN if failed else EXIT_RAN
+
+
+def _demo(directory: Path, train: bool, verbose: bool) -> int:
+    """Audit the team's split as delivered (training is blocked: a patient spans splits), then
+    re-split per patient, audit again, and train and evaluate the leak-free and the leaky model."""
     from leakage_pipeline.demo.synthetic_dataset import build_demo_dataset
 
-    data_dir = args.dir / "data"
+    data_dir = directory / "data"
     manifest = data_dir / "manifest.csv"
     if not manifest.exists():
         print(f"building the demo dataset in {data_dir} ...", flush=True)
         build_demo_dataset(data_dir)
-    return _audit(AuditSettings(manifest_path=str(manifest), output_dir=str(args.dir / "out")), args.verbose)
+    print("== the team's split, as delivered ==", flush=True)
+    status = _audit(AuditSettings(manifest_path=str(manifest), output_dir=str(directory / "out")), verbose)
+    if status != EXIT_RAN or not train:
+        return status
+    print("\n== re-split per patient (split policy 'assign'), then train both models on CPU ==", flush=True)
+    return _audit(
+        AuditSettings(manifest_path=str(manifest), output_dir=str(directory / "patient_split"), split_policy="assign"),
+        verbose, DEMO_TRAINING,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    # A script's user cannot act on Dagster's notices about its own beta and preview features.
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    args = _parser().parse_args(argv)
+    if args.command == "audit":
+        training = TrainingSettings(
+            image_size=args.image_size, channels=args.channels, architecture=args.architecture, epochs=args.epochs,
+            device=args.device, initial_weights=args.initial_weights, seed=args.seed,
+        ) if args.train else None
+        return _audit(AuditSettings(
+            manifest_path=args.manifest, output_dir=args.out, image_root=args.image_root,
+            columns=args.columns, split_policy=args.split_policy, max_radius=args.max_radius,
+            seed=args.seed, hash_workers=args.workers,
+        ), args.verbose, training)
+    if args.command == "predict":
+        return _predict(args.images, args.model, args.device)
+    if args.command == "serve":
+        serve(args.model, host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20))
+        return EXIT_RAN
+    return _demo(args.dir, train=not args.no_train, verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -3,15 +3,16 @@
 import dagster as dg
 
 from leakage_pipeline.defs.assets import AUDIT_ASSETS
-from leakage_pipeline.defs.automation import audit_job, manifest_changed, nightly_audit
+from leakage_pipeline.defs.automation import audit_job, manifest_changed, nightly_audit, training_job
 from leakage_pipeline.defs.checks import AUDIT_CHECKS
-from leakage_pipeline.defs.settings import settings_from_env
+from leakage_pipeline.defs.settings import pipeline_resources, settings_from_env, training_settings_from_env
+from leakage_pipeline.defs.training_assets import TRAINING_ASSETS
 
 defs = dg.Definitions(
-    assets=AUDIT_ASSETS,
+    assets=[*AUDIT_ASSETS, *TRAINING_ASSETS],
     asset_checks=AUDIT_CHECKS,
-    jobs=[audit_job],
+    jobs=[audit_job, training_job],
     schedules=[nightly_audit],
     sensors=[manifest_changed],
-    resources={"audit": settings_from_env()},
+    resources=pipeline_resources(settings_from_env(), training_settings_from_env()),
 )

@@ -1,4 +1,4 @@
-"""Runs the audit assets in-process, as the CLI and the tests do (no webserver needed)."""
+"""Runs the pipeline's assets in-process, as the CLI and the tests do (no webserver needed)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from leakage_pipeline.defs.assets import AUDIT_ASSETS
 from leakage_pipeline.defs.automation import audit_run_tags
 from leakage_pipeline.defs.checks import AUDIT_CHECKS, no_patient_spans_splits
 from leakage_pipeline.defs.output_files import OutputFiles
-from leakage_pipeline.defs.settings import AuditSettings
+from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings, pipeline_resources
+from leakage_pipeline.defs.training_assets import TRAINING_ASSETS
 
 
 class AuditFailed(RuntimeError):
-    """The audit could not run to its report; the message is the underlying error's."""
+    """The audit (or the training after it) could not run; the message is the underlying error's."""
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,17 @@ def _root_message(event: dg.DagsterEvent) -> str:
 
 
 def run_audit(
-    settings: AuditSettings, instance: dg.DagsterInstance | None = None, log_level: str = "INFO"
+    settings: AuditSettings, instance: dg.DagsterInstance | None = None, log_level: str = "INFO",
+    training: TrainingSettings | None = None,
 ) -> AuditOutcome:
-    """Materialize every audit asset and check; raise :class:`AuditFailed` if an asset failed."""
+    """Materialize every audit asset and check, and the training assets when ``training`` is given.
+
+    Raises :class:`AuditFailed` if an asset failed. A failed blocking split check is not a
+    failure of the audit: the report is written and training is skipped (``training_blocked``).
+    """
     result = dg.materialize(
-        [*AUDIT_ASSETS, *AUDIT_CHECKS],
-        resources={"audit": settings},
+        [*AUDIT_ASSETS, *AUDIT_CHECKS, *(TRAINING_ASSETS if training is not None else [])],
+        resources=pipeline_resources(settings, training or TrainingSettings()),
         tags=audit_run_tags(),
         instance=instance,
         raise_on_error=False,

@@ -34,7 +34,8 @@ def test_definitions_load_with_job_schedule_and_sensor():
     assert defs.resolve_job_def("leakage_audit") is not None
     assert defs.resolve_schedule_def("nightly_audit").cron_schedule == "0 2 * * *"
     assert defs.resolve_sensor_def("manifest_changed") is not None
-    assert len(defs.resolve_asset_graph().get_all_asset_keys()) == 6
+    assert defs.resolve_job_def("leakage_training") is not None
+    assert len(defs.resolve_asset_graph().get_all_asset_keys()) == 10
 
 
 def test_audit_writes_every_report_file(audited):

@@ -1,4 +1,4 @@
-"""The audit job and what starts it: a nightly schedule and a sensor on manifest changes."""
+"""The jobs and what starts them: a nightly audit schedule and a sensor on manifest changes."""
 
 import hashlib
 from pathlib import Path
@@ -6,13 +6,19 @@ from pathlib import Path
 import dagster as dg
 
 from leakage_pipeline.defs.assets import AUDIT_ASSETS
-from leakage_pipeline.defs.checks import AUDIT_CHECKS
 from leakage_pipeline.defs.settings import SPLIT_NAMES, AuditSettings
+from leakage_pipeline.defs.training_assets import TRAINING_ASSETS
 
 audit_job = dg.define_asset_job(
     "leakage_audit",
     selection=dg.AssetSelection.assets(*AUDIT_ASSETS),
     description="Manifest to leakage report; hashes every split in one run.",
+)
+
+training_job = dg.define_asset_job(
+    "leakage_training",
+    selection=dg.AssetSelection.assets(*TRAINING_ASSETS),
+    description="Image stores, the leak-free and the leaky model, and their evaluation (after an audit).",
 )
 
 

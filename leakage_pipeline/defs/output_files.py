@@ -58,6 +58,21 @@ class OutputFiles:
     def montage(self) -> Path:
         return self.report_dir / "leakage_pairs_montage.png"
 
+    @property
+    def training_dir(self) -> Path:
+        return self.root / "training"
+
+    def training_images(self, split: str, size: int, channels: int) -> Path:
+        """The image store of one split; each image shape has its own, so changing it rebuilds nothing else."""
+        return self.training_dir / "image_store" / f"{size}px_{channels}ch" / f"split={split}"
+
+    def model_dir(self, name: str) -> Path:
+        return self.training_dir / name
+
+    @property
+    def evaluation_dir(self) -> Path:
+        return self.training_dir / "evaluation"
+
 
 def _replace_atomically(path: Path, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""What an audit runs on and where it writes, as a Dagster resource.
+"""What an audit and its training run on and where they write, as Dagster resources.
 
 Split names are fixed when definitions load (they are the hash asset's static partitions),
 so they come from ``LEAKAGE_SPLITS``; everything else is per run.
@@ -12,6 +12,8 @@ import dagster as dg
 from leakage_pipeline.audit.manifest import ColumnMapping
 from leakage_pipeline.audit.report import ReportSettings
 from leakage_pipeline.audit.splitting import POLICY_KEEP, SplitPlan
+from leakage_pipeline.training.models import SMALL_CNN
+from leakage_pipeline.training.trainer import TrainSettings
 
 SPLIT_NAMES: tuple[str, ...] = tuple(
     name.strip() for name in os.environ.get("LEAKAGE_SPLITS", "train,val,test").split(",") if name.strip()
@@ -47,6 +49,30 @@ class AuditSettings(dg.ConfigurableResource):
         return ReportSettings(radii=tuple(r for r in self.radii if r <= self.max_radius))
 
 
+class TrainingSettings(dg.ConfigurableResource):
+    """How the leak-free and the leaky model are trained and evaluated (the same for both)."""
+
+    image_size: int = 64
+    channels: int = 3  # 1 for grayscale
+    architecture: str = SMALL_CNN  # or "resnet18"
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    patience: int = 6
+    seed: int = 0
+    device: str = "auto"
+    initial_weights: str | None = None  # a state dict file; nothing is downloaded
+    bootstrap_resamples: int = 1000
+    decode_workers: int = 2
+
+    def train_settings(self) -> TrainSettings:
+        return TrainSettings(
+            architecture=self.architecture, epochs=self.epochs, batch_size=self.batch_size,
+            learning_rate=self.learning_rate, patience=self.patience, seed=self.seed, device=self.device,
+            initial_weights=self.initial_weights,
+        )
+
+
 def settings_from_env() -> AuditSettings:
     """Settings for ``dagster dev`` and deployments; defaults point at the embedded demo."""
     env = os.environ.get
@@ -58,3 +84,20 @@ def settings_from_env() -> AuditSettings:
         split_policy=env("LEAKAGE_SPLIT_POLICY", POLICY_KEEP),
         max_radius=int(env("LEAKAGE_MAX_RADIUS", "8")),
     )
+
+
+def training_settings_from_env() -> TrainingSettings:
+    env = os.environ.get
+    return TrainingSettings(
+        image_size=int(env("LEAKAGE_IMAGE_SIZE", "64")),
+        channels=int(env("LEAKAGE_CHANNELS", "3")),
+        architecture=env("LEAKAGE_ARCHITECTURE", SMALL_CNN),
+        epochs=int(env("LEAKAGE_EPOCHS", "30")),
+        device=env("LEAKAGE_DEVICE", "auto"),
+        initial_weights=env("LEAKAGE_INITIAL_WEIGHTS") or None,
+    )
+
+
+def pipeline_resources(audit: AuditSettings, training: TrainingSettings) -> dict:
+    """The resources every asset of the pipeline may ask for, under the names they use."""
+    return {"audit": audit, "training": training, "pipes_subprocess_client": dg.PipesSubprocessClient()}

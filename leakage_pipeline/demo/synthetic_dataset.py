@@ -3,7 +3,8 @@
 Three kinds of image, as in real clinical collections: smooth skin-like photographs with a
 lesion, chest X-ray-like radiographs, and solid-colour frames (blank captures). Each patient
 has their own appearance (tone, texture, lighting, anatomy), so memorising a patient helps a
-model; the label changes the lesion or the lung opacity.
+model; the label changes the lesion or the lung opacity only subtly, so a model that has seen
+the patient in training scores visibly higher than one that must generalise.
 
 Planted, and listed in ``planted.json`` so tests can check the audit finds each one:
 exact byte copies across splits, re-encoded and resized copies, one patient re-enrolled
@@ -69,11 +70,11 @@ def _skin(patient: Patient, rng: np.random.Generator) -> Image.Image:
     light = np.linspace(-1, 1, w)[None, :] * patient.gradient
     shade = 0.6 + 0.15 * base + light + rng.normal(0, 0.01)
     cy, cx = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w
-    size = {"nevus": 0.08, "melanoma": 0.16, "keratosis": 0.12}[patient.label] * min(h, w)
+    size = {"nevus": 0.10, "melanoma": 0.125, "keratosis": 0.11}[patient.label] * min(h, w)
     lesion = _ellipse(h, w, cy, cx, size * rng.uniform(0.8, 1.2), size * rng.uniform(0.8, 1.3))
     if patient.label == "melanoma":
         lesion *= 0.6 + 0.4 * _smooth_field(rng, (h, w), 12)
-    darkness = {"nevus": 0.35, "melanoma": 0.55, "keratosis": 0.2}[patient.label]
+    darkness = {"nevus": 0.4, "melanoma": 0.48, "keratosis": 0.34}[patient.label] + rng.normal(0, 0.04)
     value = shade * (1 - darkness * np.clip(lesion * 3, 0, 1))
     rgb = np.stack([value * t for t in patient.tone], axis=-1) + rng.normal(0, 0.01, (h, w, 3))
     return Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8), mode="RGB")
@@ -96,7 +97,7 @@ def _xray(patient: Patient, rng: np.random.Generator) -> Image.Image:
     value += 0.12 * (_smooth_field(anatomy, (h, w), 9) - 0.5)
     value += np.linspace(0.1, -0.1, h)[:, None] * patient.gradient * 4
     if patient.label == "pneumonia":
-        value += 0.3 * np.clip(lungs * 2, 0, 1) * _smooth_field(rng, (h, w), 5) ** 2
+        value += 0.1 * np.clip(lungs * 2, 0, 1) * _smooth_field(rng, (h, w), 5) ** 2
     value = np.clip(value + rng.normal(0, 0.015, (h, w)) + rng.normal(0, 0.02), 0, 1) ** anatomy.uniform(0.7, 1.4)
     if anatomy.random() < 0.5:  # collimator edges
         margin = int(w * anatomy.uniform(0.03, 0.1))

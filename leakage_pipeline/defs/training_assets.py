@@ -1,0 +1,172 @@
+"""Training and evaluation as assets: image stores -> leak-free and leaky models -> evaluation.
+
+Both models train in their own process through Dagster Pipes (``training_process``), so the
+same job can later run in a GPU pod; its logs and metadata come back to this run. The leak-free
+model sits downstream of the report, whose blocking check stops it in the same run when a
+patient spans splits; launched on its own, it checks the split itself and refuses.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from leakage_pipeline.audit.integrity import check_split_integrity
+from leakage_pipeline.audit.splitting import image_level_splits, shared_patients
+from leakage_pipeline.defs.assets import image_hashes, leakage_report, split_assignments, split_partitions
+from leakage_pipeline.defs.output_files import OutputFiles, write_json, write_parquet, write_text
+from leakage_pipeline.defs.settings import SPLIT_NAMES, AuditSettings, TrainingSettings
+from leakage_pipeline.training.confusion_image import write_confusion_matrix
+from leakage_pipeline.training.evaluation import EvaluationInputs, evaluate, evaluation_markdown, summary_markdown
+from leakage_pipeline.training.image_store import build_store, open_stores
+from leakage_pipeline.training.model_files import class_names
+from leakage_pipeline.training.preprocessing import Preprocessing
+from leakage_pipeline.training.training_job import PREDICTIONS_FILE, TrainingJob
+
+GROUP = "training"
+LEAK_FREE = "leak_free"
+LEAKY = "leaky"
+TRAIN_SPLIT, VAL_SPLIT, TEST_SPLIT = SPLIT_NAMES[0], SPLIT_NAMES[1], SPLIT_NAMES[-1]
+SPLIT_TABLE = "split.parquet"
+TRAINING_PROCESS = [sys.executable, "-m", "leakage_pipeline.defs.training_process"]
+
+
+def _store_dirs(files: OutputFiles, training: TrainingSettings) -> list[Path]:
+    return [files.training_images(split, training.image_size, training.channels) for split in SPLIT_NAMES]
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[image_hashes],
+    partitions_def=split_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    kinds={"numpy"},
+)
+def training_images(
+    context: dg.AssetExecutionContext, audit: AuditSettings, training: TrainingSettings
+) -> dg.MaterializeResult:
+    """Every readable image of the split, decoded and resized once into a uint8 array store."""
+    files = OutputFiles(audit.output_dir)
+    shape = Preprocessing.for_shape(training.image_size, training.channels)
+    per_split = {}
+    for split in context.partition_keys:
+        hashes = pl.read_parquet(files.image_hashes(split), columns=["location", "sha256", "status"])
+        built = build_store(hashes, files.training_images(split, training.image_size, training.channels), shape,
+                            workers=training.decode_workers)
+        per_split[split] = {"images": built.images, "decoded": built.decoded, "reused": built.reused,
+                            "excluded": built.excluded}
+        context.log.info(f"split {split}: {built.images} images stored ({built.decoded} decoded, "
+                         f"{built.reused} reused), excluded {built.excluded or 'none'}")
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": sum(s["images"] for s in per_split.values()),
+        "decoded": sum(s["decoded"] for s in per_split.values()),
+        "excluded": sum(n for s in per_split.values() for n in s["excluded"].values()),
+        "per_split": dg.MetadataValue.json(per_split),
+        "shape": f"{training.channels} x {training.image_size} x {training.image_size} uint8",
+    })
+
+
+def _stored_assignments(files: OutputFiles, training: TrainingSettings) -> pl.DataFrame:
+    """Split assignments of the images that are in the training image stores (readable ones)."""
+    stored = open_stores(_store_dirs(files, training)).index.select("location")
+    return pl.read_parquet(files.split_assignments).join(stored, on="location", how="semi").select(
+        "location", "patient_id", "label", "split")
+
+
+def _train_through_pipes(
+    context: dg.AssetExecutionContext, pipes: dg.PipesSubprocessClient, files: OutputFiles,
+    training: TrainingSettings, name: str, table: pl.DataFrame, metadata: dict,
+) -> dg.MaterializeResult:
+    if len(SPLIT_NAMES) < 3:
+        raise dg.Failure(f"training needs train, validation and test splits; LEAKAGE_SPLITS has {SPLIT_NAMES}")
+    model_dir = files.model_dir(name)
+    split_table = write_parquet(table, model_dir / SPLIT_TABLE)
+    classes = sorted(_stored_assignments(files, training)["label"].unique().to_list())
+    job = TrainingJob(
+        split_table=str(split_table), store_dirs=tuple(map(str, _store_dirs(files, training))),
+        class_names=tuple(classes),
+        image_size=training.image_size, channels=training.channels, train_split=TRAIN_SPLIT,
+        val_split=VAL_SPLIT, test_split=TEST_SPLIT, model_dir=str(model_dir), settings=training.train_settings(),
+    )
+    result = pipes.run(context=context, command=TRAINING_PROCESS, extras={"job": job.to_dict()})
+    reported = result.get_materialize_result()
+    return dg.MaterializeResult(metadata={**(reported.metadata or {}), **metadata})
+
+
+@dg.asset(group_name=GROUP, deps=[training_images, split_assignments, leakage_report], kinds={"pytorch"})
+def leak_free_model(
+    context: dg.AssetExecutionContext, audit: AuditSettings, training: TrainingSettings,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    """The model trained on the patient-level train split and selected on val."""
+    files = OutputFiles(audit.output_dir)
+    spanning = check_split_integrity(pl.read_parquet(files.split_assignments)).patients_spanning_splits
+    if spanning.height:
+        raise dg.Failure(
+            f"not training: {spanning.height} patient(s) have images in more than one split, "
+            f"e.g. {spanning['patient_id'].head(3).to_list()}; fix the split or use split policy 'assign'")
+    table = _stored_assignments(files, training)
+    return _train_through_pipes(context, pipes_subprocess_client, files, training, LEAK_FREE, table, {
+        "split": "patient-level", "images_per_split": dg.MetadataValue.json(
+            dict(table.group_by("split").len().sort("split").iter_rows())),
+    })
+
+
+# Downstream of the report too: the contrast is only trained beside a leak-free model to compare with.
+@dg.asset(group_name=GROUP, deps=[training_images, split_assignments, leakage_report], kinds={"pytorch"})
+def leaky_model(
+    context: dg.AssetExecutionContext, audit: AuditSettings, training: TrainingSettings,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    """The same model on an image-level random split of the same pool, split sizes unchanged: the
+    contrast a careless pipeline produces."""
+    files = OutputFiles(audit.output_dir)
+    patient_level = _stored_assignments(files, training)
+    sizes = {split: patient_level.filter(pl.col("split") == split).height for split in SPLIT_NAMES}
+    table = image_level_splits(patient_level, sizes, seed=training.seed)
+    shared = shared_patients(table, TRAIN_SPLIT, TEST_SPLIT)
+    context.log.info(f"the image-level split puts {shared} patient(s) in both {TRAIN_SPLIT} and {TEST_SPLIT}")
+    return _train_through_pipes(context, pipes_subprocess_client, files, training, LEAKY, table, {
+        "split": "image-level (random, patients ignored)", "patients_in_train_and_test": shared,
+        "images_per_split": dg.MetadataValue.json(sizes),
+    })
+
+
+@dg.asset(group_name=GROUP, deps=[leak_free_model, leaky_model, leakage_report], kinds={"json", "markdown"})
+def model_evaluation(
+    context: dg.AssetExecutionContext, audit: AuditSettings, training: TrainingSettings
+) -> dg.MaterializeResult:
+    """Leaky vs leak-free, full vs cleaned test set, with 95% intervals from a patient bootstrap."""
+    files = OutputFiles(audit.output_dir)
+    leaky_dir, leak_free_dir = files.model_dir(LEAKY), files.model_dir(LEAK_FREE)
+    flagged = json.loads(files.flagged_test_images.read_text())
+    summary = evaluate(EvaluationInputs(
+        leak_free=pl.read_parquet(leak_free_dir / PREDICTIONS_FILE),
+        leaky=pl.read_parquet(leaky_dir / PREDICTIONS_FILE),
+        class_names=class_names(leak_free_dir),
+        flagged_locations={row["location"] for row in flagged},
+        leaky_shared_patients=shared_patients(pl.read_parquet(leaky_dir / SPLIT_TABLE), TRAIN_SPLIT, TEST_SPLIT),
+        resamples=training.bootstrap_resamples, seed=training.seed,
+    ))
+    out = files.evaluation_dir
+    write_json(summary, out / "evaluation.json")
+    markdown = evaluation_markdown(summary)
+    write_text(markdown, out / "evaluation.md")
+    for key, row in summary["rows"].items():
+        write_confusion_matrix(row["confusion_matrix"], summary["class_names"], f"{row['model']}, {row['test_set']}",
+                               out / f"confusion_{key}.png")
+    context.log.info(summary["verdict"])
+    rows = summary["rows"]
+    return dg.MaterializeResult(metadata={
+        "verdict": summary["verdict"],
+        "summary": dg.MetadataValue.md(summary_markdown(summary)),
+        "evaluation": dg.MetadataValue.md(markdown),
+        **{f"top1_{key}": row["metrics"]["top1"]["value"] for key, row in rows.items()},
+        "leakage_moved_metric": summary["differences"]["leaky_minus_leak_free_top1"]["moved"],
+        "path": dg.MetadataValue.path(str(out / "evaluation.json")),
+    })
+
+
+TRAINING_ASSETS = [training_images, leak_free_model, leaky_model, model_evaluation]
