@@ -1,21 +1,26 @@
 """Radius matching: ours vs band-LSH in polars, numpy brute force and a BK-tree, on the same inputs.
 
-    python -m bench.matching [--queries 15000] [--references 330000] [--radius 8]
+    python -m bench.matching [--queries 15000] [--references 330000] [--radius 8] [--scale 100000x3000000]
 
 Inputs are skewed like real perceptual hashes (clusters, first bit always set) and uniform random.
-Every method's pair count is checked against ours; a mismatch fails the benchmark.
+Ours is timed as the pipeline runs it (the strategy it picks, every core) and on one core, beside
+our brute-force fallback. Every method's pair count is checked against ours; a mismatch fails the
+benchmark. The scale run times ours alone in a child process and reports that process's peak memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
 import polars as pl
 
-from leakage_pipeline.audit.hamming_search import radius_pairs
+from leakage_pipeline.audit.hamming_search import BRUTE_FORCE, choose_strategy, radius_pairs
 
 
 def cluster_centres(rng: np.random.Generator, count: int = 2000) -> np.ndarray:
@@ -98,8 +103,22 @@ def timed(function, repeats: int) -> tuple[float, object]:
     return statistics.median(times), result
 
 
-def ours(query, reference, radius) -> int:
-    return len(radius_pairs(query, reference, radius)[0])
+def ours(query, reference, radius, workers=None, strategy=None) -> int:
+    return len(radius_pairs(query, reference, radius, strategy=strategy, workers=workers)[0])
+
+
+def scale_run(queries: int, references: int, radius: int) -> None:
+    """Ours alone on a large skewed input (run in a child process so its peak memory is its own)."""
+    rng = np.random.default_rng(1)
+    centres = cluster_centres(rng, 20_000)
+    query, reference = skewed_hashes(rng, queries, centres), skewed_hashes(rng, references, centres)
+    ours(query[:10], reference[:10_000], radius)  # compile
+    start = time.perf_counter()
+    pairs = ours(query, reference, radius)
+    seconds = time.perf_counter() - start
+    strategy = choose_strategy(query[:256], reference, radius)[0]
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kilobytes on Linux
+    print(f"{seconds:.2f} {pairs} {strategy} {peak_gb:.2f}")
 
 
 def main() -> None:
@@ -108,10 +127,16 @@ def main() -> None:
     parser.add_argument("--references", type=int, default=330_000)
     parser.add_argument("--radius", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--scale", default="100000x3000000", help="QxR for the scale run; 'none' skips it")
+    parser.add_argument("--scale-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.scale_child:
+        scale_run(*map(int, args.scale_child.split("x")), args.radius)
+        return
     rng = np.random.default_rng(0)
     ours(np.ones(4, np.uint64), np.ones(4, np.uint64), 1)  # compile outside the timings
-    print(f"radius {args.radius}; medians of {args.repeats} runs; ratio = reference time / our time\n")
+    ours(np.ones(4, np.uint64), np.ones(4, np.uint64), 1, strategy=BRUTE_FORCE)
+    print(f"radius {args.radius}; medians of {args.repeats} runs; ratio = method time / ours (all cores)\n")
     print("| input | size | method | seconds | pairs | ratio |\n|---|---|---|---|---|---|")
     centres = cluster_centres(rng)
     inputs = {
@@ -120,21 +145,32 @@ def main() -> None:
     }
     small = min(300, args.queries), min(20_000, args.references)
     for name, (query, reference) in inputs.items():
+        picked = choose_strategy(query, reference, args.radius)[0]
         cases = [
-            (f"{len(query)}x{len(reference)}", query, reference,
-             [("band-LSH polars", band_lsh_polars), ("numpy brute force", numpy_brute_force)]),
+            (f"{len(query)}x{len(reference)}", query, reference, [
+                ("ours, one core", lambda q, r, k: ours(q, r, k, workers=1), args.repeats),
+                ("ours, brute force (fallback)", lambda q, r, k: ours(q, r, k, strategy=BRUTE_FORCE), 1),
+                ("band-LSH polars", band_lsh_polars, 1),
+                ("numpy brute force", numpy_brute_force, 1),
+            ]),
             # The BK-tree is pure Python: compared on a smaller input, ours measured on that same input.
             (f"{small[0]}x{small[1]}", query[:small[0]], reference[:small[1]],
-             [("BK-tree", lambda q, r, k: sum(BKTree(r).count_within(v, k) for v in q.tolist()))]),
+             [("BK-tree", lambda q, r, k: sum(BKTree(r).count_within(v, k) for v in q.tolist()), 1)]),
         ]
         for size, q, r, references in cases:
             our_time, our_pairs = timed(lambda: ours(q, r, args.radius), args.repeats)
-            print(f"| {name} | {size} | ours | {our_time:.3f} | {our_pairs} | 1.0 |")
-            for label, method in references:
-                ref_time, ref_pairs = timed(lambda: method(q, r, args.radius), 1)
+            print(f"| {name} | {size} | ours ({picked}, all cores) | {our_time:.3f} | {our_pairs} | 1.0 |")
+            for label, method, repeats in references:
+                ref_time, ref_pairs = timed(lambda: method(q, r, args.radius), repeats)
                 if ref_pairs != our_pairs:
                     raise SystemExit(f"{label} found {ref_pairs} pairs on {name} {size}, ours {our_pairs}")
                 print(f"| {name} | {size} | {label} | {ref_time:.3f} | {ref_pairs} | {ref_time / our_time:.1f}x |")
+    if args.scale != "none":
+        child = subprocess.run([sys.executable, "-m", "bench.matching", "--scale-child", args.scale,
+                                "--radius", str(args.radius)], capture_output=True, text=True, check=True)
+        seconds, pairs, strategy, peak_gb = child.stdout.split()
+        print(f"\nscale, skewed {args.scale} at radius {args.radius}: ours ({strategy}, all cores) {seconds} s, "
+              f"{pairs} pairs, peak memory of the whole process (inputs included) {peak_gb} GB")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from leakage_pipeline.audit.manifest import ManifestError
+# A script's user cannot act on Dagster's notices about its beta and preview features. They are
+# raised while the definitions are imported, so the filter goes first.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+
+from leakage_pipeline.audit.manifest import ManifestError  # noqa: E402
 from leakage_pipeline.audit.report_markdown import threshold_markdown
 from leakage_pipeline.audit.splitting import SPLIT_POLICIES
 from leakage_pipeline.defs.settings import DEFAULT_DEMO_DIR, AuditSettings, TrainingSettings
@@ -140,9 +145,6 @@ def _demo(directory: Path, train: bool, verbose: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # A script's user cannot act on Dagster's notices about its own beta and preview features.
-    warnings.filterwarnings("ignore", category=dg.BetaWarning)
-    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     args = _parser().parse_args(argv)
     if args.command == "audit":
         training = TrainingSettings(

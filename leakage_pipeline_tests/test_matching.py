@@ -2,7 +2,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from leakage_pipeline.audit.hamming_search import radius_pairs
+from leakage_pipeline.audit.hamming_search import (
+    BRUTE_FORCE,
+    MULTI_INDEX,
+    STRATEGIES,
+    _drain,
+    choose_strategy,
+    radius_pairs,
+    substring_plans,
+)
 from leakage_pipeline.audit.matching import PAIR_SCHEMA, cross_split_pairs, split_pairs
 
 
@@ -21,19 +29,58 @@ def brute_force(query, reference, radius):
     return set(zip(qi.tolist(), ri.tolist(), distance[qi, ri].tolist()))
 
 
+@pytest.mark.parametrize("strategy", [None, *STRATEGIES])
 @pytest.mark.parametrize("kind", ["uniform", "clustered"])
-@pytest.mark.parametrize("radius", [0, 3, 8, 12])
-def test_radius_search_equals_brute_force(kind, radius):
+@pytest.mark.parametrize("radius", [0, 1, 3, 8, 12, 17])
+def test_radius_search_equals_brute_force(kind, radius, strategy):
     rng = np.random.default_rng(radius)
     if kind == "uniform":
         query, reference = (rng.integers(0, 2**64, n, dtype=np.uint64) for n in (1500, 4000))
         query[:50] = reference[:50] ^ np.uint64(0b1011)  # guaranteed near pairs
+        query[50:60] = reference[60:70] ^ np.uint64((1 << 64) - 1 - 0b11)  # far apart: 62 bits differ
     else:
         query, reference = clustered_hashes(rng, 1500), clustered_hashes(rng, 4000)
-    qi, ri, d = radius_pairs(query, reference, radius)
+    qi, ri, d = radius_pairs(query, reference, radius, strategy=strategy, workers=2)
     found = set(zip(qi.tolist(), ri.tolist(), d.tolist()))
-    assert len(found) == len(qi)
+    assert len(found) == len(qi)  # no pair twice, although several substrings can find it
     assert found == brute_force(query, reference, radius)
+
+
+@pytest.mark.parametrize("radius", range(0, 21))
+def test_every_substring_plan_covers_the_radius(radius):
+    # Pigeonhole: a pair within the radius is within r_i on some substring when sum(r_i + 1) > radius.
+    for plan in substring_plans(radius):
+        assert sum(plan.widths) == 64 and plan.shifts[0] == 0
+        assert sum(r + 1 for r in plan.radii) > radius
+
+
+def test_the_choice_follows_the_data():
+    rng = np.random.default_rng(0)
+    uniform = rng.integers(0, 2**64, 20_000, dtype=np.uint64)
+    assert choose_strategy(uniform[:500], uniform, 8)[0] == MULTI_INDEX
+    # Every hash equal: every probe lands in one full bucket, so scanning everything is cheaper.
+    same = np.full(20_000, 12345, dtype=np.uint64)
+    assert choose_strategy(same[:500], same, 8)[0] == BRUTE_FORCE
+    assert choose_strategy(uniform[:500], uniform, 30)[0] == BRUTE_FORCE  # too wide a radius to index
+
+
+def test_results_that_outgrow_the_buffers_are_complete():
+    # Every query matches every reference: the kernels must stop, and resume with bigger buffers.
+    same = np.full(300, 7, dtype=np.uint64)
+    for strategy in STRATEGIES:
+        qi, ri, _ = radius_pairs(same, same, 2, strategy=strategy, workers=1)
+        assert len(qi) == 300 * 300 and len(set(zip(qi.tolist(), ri.tolist()))) == 300 * 300
+    calls = []
+
+    def kernel(start, out_query, out_reference, out_distance):
+        calls.append(len(out_query))
+        if len(out_query) < 20_000:
+            return 0, start  # not even one query fits
+        out_query[:3] = start
+        return 3, start + 1
+
+    _drain(kernel, 2)
+    assert calls == [4096, 8192, 16384, 32768, 32768]
 
 
 def test_radius_search_handles_empty_inputs():
