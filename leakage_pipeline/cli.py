@@ -15,12 +15,8 @@ from pathlib import Path
 
 import dagster as dg
 
-# A script's user cannot act on Dagster's notices about its beta and preview features. They are
-# raised while the definitions are imported, so the filter goes first.
-warnings.filterwarnings("ignore", category=dg.BetaWarning)
-warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-
-from leakage_pipeline.audit.manifest import ManifestError  # noqa: E402
+from leakage_pipeline.audit.manifest import ManifestError
+from leakage_pipeline.audit.perceptual_hash import HASH_MODE_EXACT, HASH_MODES
 from leakage_pipeline.audit.report_markdown import threshold_markdown
 from leakage_pipeline.audit.splitting import SPLIT_POLICIES
 from leakage_pipeline.defs.settings import DEFAULT_DEMO_DIR, AuditSettings, TrainingSettings
@@ -51,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="canonical=manifest column names, e.g. image_uri=path,patient_id=pid,label=dx")
     audit.add_argument("--seed", type=int, default=0, help="seed of the patient-level split assignment")
     audit.add_argument("--workers", type=int, default=2, help="hashing threads")
+    audit.add_argument("--hash-mode", choices=HASH_MODES, default=HASH_MODE_EXACT,
+                       help="exact (default): bit-identical to imagehash; fast: JPEGs decoded at reduced scale, "
+                            "hashes within a few bits of the exact ones")
     audit.add_argument("--train", action="store_true",
                        help="also train the leak-free and the leaky model and evaluate both (skipped when a "
                             "patient spans splits)")
@@ -145,6 +144,8 @@ def _demo(directory: Path, train: bool, verbose: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A script's user cannot act on Dagster's notice that its Pipes message reader is a preview.
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     args = _parser().parse_args(argv)
     if args.command == "audit":
         training = TrainingSettings(
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         return _audit(AuditSettings(
             manifest_path=args.manifest, output_dir=args.out, image_root=args.image_root,
             columns=args.columns, split_policy=args.split_policy, max_radius=args.max_radius,
-            seed=args.seed, hash_workers=args.workers,
+            seed=args.seed, hash_workers=args.workers, hash_mode=args.hash_mode,
         ), args.verbose, training)
     if args.command == "predict":
         return _predict(args.images, args.model, args.device)

@@ -10,7 +10,7 @@ from leakage_pipeline.audit.image_hashing import (
     STATUS_MISSING, STATUS_NOT_AN_IMAGE, STATUS_OK, STATUS_TOO_LARGE, STATUS_UNREADABLE,
     HashLimits, hash_image, hash_images,
 )
-from leakage_pipeline.audit.perceptual_hash import perceptual_hashes
+from leakage_pipeline.audit.perceptual_hash import HASH_MODE_EXACT, HASH_MODE_FAST, perceptual_hashes
 from leakage_pipeline_tests.conftest import encode, write_image
 
 
@@ -25,6 +25,8 @@ def _varied_images():
     yield "solid", Image.new("RGB", (120, 80), (200, 30, 90))
     yield "tiny-3x2", noise.resize((3, 2))
     yield "wide-1500x40", smooth.resize((1500, 40))
+    yield "tall-40x1500", smooth.resize((40, 1500))  # Pillow 13 resizes this one vertically first
+    yield "portrait-700x1400", smooth.resize((700, 1400))
     yield "large-1300x1100", smooth.resize((1300, 1100))
     yield "rgba", smooth.convert("RGBA")
     yield "palette", smooth.convert("P")
@@ -90,3 +92,24 @@ def test_killed_run_resumes_from_its_checkpoints(tmp_path):
     resumed = hash_images(paths, pl.concat(saved), chunk_size=3)
     assert (resumed.hashed, resumed.reused) == (4, 6)
     assert resumed.hashes.equals(hash_images(paths).hashes)
+
+
+def test_fast_mode_hashes_are_close_and_never_mix_with_exact_ones_in_the_cache(tmp_path):
+    rng = np.random.default_rng(4)
+    paths = []
+    for i in range(6):
+        smooth = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize((900, 700), Image.BICUBIC)
+        paths.append(tmp_path / f"{i}.jpg")
+        paths[-1].write_bytes(encode(smooth, "JPEG", quality=90))
+    locations = [str(p) for p in paths]
+    exact = hash_images(locations)
+    fast = hash_images(locations, exact.hashes, mode=HASH_MODE_FAST)
+    assert fast.reused == 0 and fast.hashed == 6  # exact hashes are not reused for fast mode
+    assert set(fast.hashes["hash_mode"]) == {HASH_MODE_FAST}
+    differing = [(a ^ b).bit_count() for a, b in zip(exact.hashes["phash"], fast.hashes["phash"], strict=True)]
+    assert max(differing) <= 8  # a smaller decode moves a few bits, not the whole hash
+    again = hash_images(locations, pl.concat([exact.hashes, fast.hashes]), mode=HASH_MODE_EXACT)
+    assert again.reused == 6 and again.hashes.equals(exact.hashes)
+    with pytest.raises(ValueError, match="unknown hash mode"):
+        hash_images(locations, mode="approximate")
+    assert hash_image(locations[0], mode=HASH_MODE_EXACT)["phash"] == exact.hashes["phash"][0]

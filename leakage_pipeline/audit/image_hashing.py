@@ -17,7 +17,7 @@ import polars as pl
 from PIL import Image, UnidentifiedImageError
 
 from leakage_pipeline.audit import image_source
-from leakage_pipeline.audit.perceptual_hash import perceptual_hashes
+from leakage_pipeline.audit.perceptual_hash import HASH_MODE_EXACT, HASH_MODES, perceptual_hashes, prepare
 
 STATUS_OK = "ok"
 STATUS_MISSING = "missing"
@@ -25,7 +25,6 @@ STATUS_UNREADABLE = "unreadable"
 STATUS_NOT_AN_IMAGE = "not_an_image"
 STATUS_TOO_LARGE = "too_large"
 STATUSES = (STATUS_OK, STATUS_MISSING, STATUS_UNREADABLE, STATUS_NOT_AN_IMAGE, STATUS_TOO_LARGE)
-HASH_MODE_EXACT = "exact"
 
 HASH_SCHEMA = {
     "location": pl.String,
@@ -59,7 +58,7 @@ class HashRun:
     reused: int
 
 
-def _decode_and_hash(data: bytes, limits: HashLimits) -> dict:
+def _decode_and_hash(data: bytes, limits: HashLimits, mode: str) -> dict:
     """Fields of one readable image, or a status and message saying why it is not."""
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -67,6 +66,7 @@ def _decode_and_hash(data: bytes, limits: HashLimits) -> dict:
             if width * height > limits.max_pixels:
                 return {"status": STATUS_TOO_LARGE, "message": f"{width}x{height} pixels exceeds {limits.max_pixels}",
                         "width": width, "height": height}
+            prepare(image, mode)
             image.load()
             phash, dhash, detail = perceptual_hashes(image)
     except UnidentifiedImageError:
@@ -79,9 +79,9 @@ def _decode_and_hash(data: bytes, limits: HashLimits) -> dict:
             "width": width, "height": height}
 
 
-def hash_image(location: str, limits: HashLimits = HashLimits()) -> dict:
-    """One row of :data:`HASH_SCHEMA` for the image at ``location``."""
-    row: dict = {"location": location, "hash_mode": HASH_MODE_EXACT}
+def hash_image(location: str, limits: HashLimits = HashLimits(), mode: str = HASH_MODE_EXACT) -> dict:
+    """One row of :data:`HASH_SCHEMA` for the image at ``location``, hashed in ``mode``."""
+    row: dict = {"location": location, "hash_mode": mode}
     try:
         info = image_source.stat(location)
         row.update(size_bytes=info.size, version=info.version)
@@ -93,7 +93,7 @@ def hash_image(location: str, limits: HashLimits = HashLimits()) -> dict:
     except OSError as error:
         return row | {"status": STATUS_UNREADABLE, "message": f"{type(error).__name__}: {error}"}
     row["sha256"] = hashlib.sha256(data).hexdigest()
-    return row | _decode_and_hash(data, limits)
+    return row | _decode_and_hash(data, limits, mode)
 
 
 def _frame(rows: list[dict]) -> pl.DataFrame:
@@ -104,7 +104,7 @@ def empty_hashes() -> pl.DataFrame:
     return _frame([])
 
 
-def _current_identity(locations: list[str], pool: ThreadPoolExecutor) -> pl.DataFrame:
+def _current_identity(locations: list[str], pool: ThreadPoolExecutor, mode: str) -> pl.DataFrame:
     def identity(location: str) -> dict:
         try:
             info = image_source.stat(location)
@@ -112,10 +112,14 @@ def _current_identity(locations: list[str], pool: ThreadPoolExecutor) -> pl.Data
             return {"location": location, "size_bytes": None, "version": None}
         return {"location": location, "size_bytes": info.size, "version": info.version}
 
+    # A local stat is a microsecond system call, cheaper than handing it to a thread; an object
+    # store's is a network round trip, so those overlap on the pool.
+    remote = [location for location in locations if image_source.is_gcs(location)]
+    remote_identity = dict(zip(remote, pool.map(identity, remote), strict=True))
     return pl.DataFrame(
-        list(pool.map(identity, locations)),
+        [remote_identity[location] if location in remote_identity else identity(location) for location in locations],
         schema={"location": pl.String, "size_bytes": pl.Int64, "version": pl.Int64},
-    ).with_columns(hash_mode=pl.lit(HASH_MODE_EXACT))
+    ).with_columns(hash_mode=pl.lit(mode))
 
 
 def reusable_rows(current: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
@@ -137,17 +141,21 @@ def hash_images(
     workers: int = 2,
     chunk_size: int = 512,
     checkpoint: Callable[[pl.DataFrame], None] | None = None,
+    mode: str = HASH_MODE_EXACT,
 ) -> HashRun:
-    """Hash ``locations``, reusing rows of ``previous`` whose image is unchanged.
+    """Hash ``locations`` in ``mode``, reusing rows of ``previous`` whose image is unchanged and
+    whose hashes were made in the same mode.
 
     ``checkpoint`` receives each finished chunk of new rows, so a caller can persist
     progress; feeding those rows back as ``previous`` resumes a killed run.
     Threads overlap reading with decoding; Pillow and hashlib release the GIL while they work.
     """
+    if mode not in HASH_MODES:
+        raise ValueError(f"unknown hash mode {mode!r}; use one of {HASH_MODES}")
     unique_locations = list(dict.fromkeys(locations))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         reused = (
-            reusable_rows(_current_identity(unique_locations, pool), previous)
+            reusable_rows(_current_identity(unique_locations, pool, mode), previous)
             if previous is not None and previous.height
             else empty_hashes()
         )
@@ -155,7 +163,7 @@ def hash_images(
         todo = [location for location in unique_locations if location not in done]
         new_parts = []
         for chunk in _chunks(todo, chunk_size):
-            part = _frame(list(pool.map(lambda loc: hash_image(loc, limits), chunk)))
+            part = _frame(list(pool.map(lambda loc: hash_image(loc, limits, mode), chunk)))
             if checkpoint is not None:
                 checkpoint(part)
             new_parts.append(part)

@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 
 from leakage_pipeline.audit.manifest import ColumnMapping
+from leakage_pipeline.audit.perceptual_hash import HASH_MODE_EXACT
 from leakage_pipeline.audit.report import ReportSettings
 from leakage_pipeline.audit.splitting import POLICY_KEEP, SplitPlan
 from leakage_pipeline.training.models import SMALL_CNN
@@ -34,6 +35,7 @@ class AuditSettings(dg.ConfigurableResource):
     max_radius: int = 8
     radii: list[int] = [0, 2, 5, 8]
     hash_workers: int = 2
+    hash_mode: str = HASH_MODE_EXACT  # or "fast": JPEGs decoded at reduced scale, hashes near the exact ones
     montage_pairs: int = 24
 
     def column_mapping(self) -> ColumnMapping:
@@ -83,6 +85,7 @@ def settings_from_env() -> AuditSettings:
         columns=env("LEAKAGE_COLUMNS", ""),
         split_policy=env("LEAKAGE_SPLIT_POLICY", POLICY_KEEP),
         max_radius=int(env("LEAKAGE_MAX_RADIUS", "8")),
+        hash_mode=env("LEAKAGE_HASH_MODE", HASH_MODE_EXACT),
     )
 
 

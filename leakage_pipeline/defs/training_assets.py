@@ -15,7 +15,7 @@ import polars as pl
 
 from leakage_pipeline.audit.integrity import check_split_integrity
 from leakage_pipeline.audit.splitting import image_level_splits, shared_patients
-from leakage_pipeline.defs.assets import image_hashes, leakage_report, split_assignments, split_partitions
+from leakage_pipeline.defs.assets import image_hashes, leakage_report, split_assignments, split_partitioned_asset
 from leakage_pipeline.defs.output_files import OutputFiles, write_json, write_parquet, write_text
 from leakage_pipeline.defs.settings import SPLIT_NAMES, AuditSettings, TrainingSettings
 from leakage_pipeline.training.confusion_image import write_confusion_matrix
@@ -37,13 +37,7 @@ def _store_dirs(files: OutputFiles, training: TrainingSettings) -> list[Path]:
     return [files.training_images(split, training.image_size, training.channels) for split in SPLIT_NAMES]
 
 
-@dg.asset(
-    group_name=GROUP,
-    deps=[image_hashes],
-    partitions_def=split_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    kinds={"numpy"},
-)
+@split_partitioned_asset(group_name=GROUP, deps=[image_hashes], kinds={"numpy"})
 def training_images(
     context: dg.AssetExecutionContext, audit: AuditSettings, training: TrainingSettings
 ) -> dg.MaterializeResult:
