@@ -11,11 +11,11 @@ benchmark. The scale run times ours alone in a child process and reports that pr
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -107,6 +107,15 @@ def ours(query, reference, radius, workers=None, strategy=None) -> int:
     return len(radius_pairs(query, reference, radius, strategy=strategy, workers=workers)[0])
 
 
+def peak_memory_gb() -> float:
+    """This process's peak resident memory. Read from VmHWM, not getrusage: Linux carries a parent's
+    ru_maxrss into a child across exec, so a child of a large benchmark would report the parent's."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20  # kilobytes
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def scale_run(queries: int, references: int, radius: int) -> None:
     """Ours alone on a large skewed input (run in a child process so its peak memory is its own)."""
     rng = np.random.default_rng(1)
@@ -117,7 +126,7 @@ def scale_run(queries: int, references: int, radius: int) -> None:
     pairs = ours(query, reference, radius)
     seconds = time.perf_counter() - start
     strategy = choose_strategy(query[:256], reference, radius)[0]
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kilobytes on Linux
+    peak_gb = peak_memory_gb()
     print(f"{seconds:.2f} {pairs} {strategy} {peak_gb:.2f}")
 
 
