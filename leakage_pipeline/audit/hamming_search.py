@@ -195,24 +195,33 @@ def _multi_index(query, start, radius, shifts, widths, radii, table_starts, offs
             base = table_starts[s]
             for p in range(mask_starts[s], mask_starts[s + 1]):
                 probe = key ^ masks[p]
-                for t in range(offsets[base + probe], offsets[base + probe + 1]):
-                    difference = q ^ hashes[s * n_reference + t]
+                low = s * n_reference + offsets[base + probe]
+                bucket = hashes[low:s * n_reference + offsets[base + probe + 1]]
+                # Most buckets hold no match: a counting pass, which LLVM vectorises, skips them.
+                hits = 0
+                for t in range(bucket.shape[0]):
+                    if _popcount(q ^ bucket[t]) <= radius:
+                        hits += 1
+                if hits == 0:
+                    continue
+                for t in range(bucket.shape[0]):
+                    difference = q ^ bucket[t]
                     d = _popcount(difference)
                     if d > radius:
                         continue
-                    # Kept only at the first substring whose probes reach it.
-                    earlier = False
+                    # Kept only at the first substring whose probes reach it. The earlier substrings
+                    # are all checked, without an early exit: that branch is a coin toss the CPU
+                    # cannot predict, slower than the few popcounts it would save.
+                    earlier = 0
                     for e in range(s):
                         sub_mask = (np.uint64(1) << np.uint64(widths[e])) - np.uint64(1)
-                        if _popcount((difference >> np.uint64(shifts[e])) & sub_mask) <= radii[e]:
-                            earlier = True
-                            break
+                        earlier += _popcount((difference >> np.uint64(shifts[e])) & sub_mask) <= radii[e]
                     if earlier:
                         continue
                     if found == capacity:
                         return found_before, i
                     out_query[found] = i
-                    out_reference[found] = ids[s * n_reference + t]
+                    out_reference[found] = ids[low + t]
                     out_distance[found] = d
                     found += 1
     return found, query.shape[0]
