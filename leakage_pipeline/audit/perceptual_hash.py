@@ -58,6 +58,6 @@ def perceptual_hashes(image: Image.Image) -> tuple[int, int, float]:
     ``detail`` is the standard deviation of the 32x32 grayscale thumbnail: near zero for blank
     or solid frames, whose hashes carry no information and match every other blank frame.
     """
-    thumbnail, gradient = lanczos_resize_many(np.asarray(image.convert("L")), ((_PHASH_SIZE, _PHASH_SIZE),
-                                                                                _DHASH_SIZE))
+    gray = image if image.mode == "L" else image.convert("L")  # converting L to L would only copy it
+    thumbnail, gradient = lanczos_resize_many(np.asarray(gray), ((_PHASH_SIZE, _PHASH_SIZE), _DHASH_SIZE))
     return phash_from_pixels(thumbnail), dhash_from_pixels(gradient), float(thumbnail.std())
