@@ -77,7 +77,7 @@ def _train_through_pipes(
         raise dg.Failure(f"training needs train, validation and test splits; LEAKAGE_SPLITS has {SPLIT_NAMES}")
     model_dir = files.model_dir(name)
     split_table = write_parquet(table, model_dir / SPLIT_TABLE)
-    classes = sorted(_stored_assignments(files, training)["label"].unique().to_list())
+    classes = sorted(table["label"].unique().to_list())  # both tables hold the same images, split differently
     job = TrainingJob(
         split_table=str(split_table), store_dirs=tuple(map(str, _store_dirs(files, training))),
         class_names=tuple(classes),
