@@ -44,9 +44,9 @@ def _arrays(predictions: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return labels, probabilities, predictions["patient_id"].to_numpy()
 
 
-def _row(title: str, test_set: str, predictions: pl.DataFrame, keep: np.ndarray, result: BootstrapResult,
-         num_classes: int) -> dict:
-    labels, probabilities, patients = _arrays(predictions)
+def _row(title: str, test_set: str, arrays: tuple[np.ndarray, np.ndarray, np.ndarray], keep: np.ndarray,
+         result: BootstrapResult, num_classes: int) -> dict:
+    labels, probabilities, patients = arrays
     return {
         "model": title, "test_set": test_set, "images": int(keep.sum()),
         "patients": int(len(np.unique(patients[keep]))),
@@ -88,27 +88,26 @@ def verdict_text(inflation: Estimate, flagged_effect: Estimate | None, flagged: 
 def evaluate(inputs: EvaluationInputs) -> dict:
     """The JSON-ready evaluation summary."""
     num_classes = len(inputs.class_names)
-    free_labels, free_probs, free_patients = _arrays(inputs.leak_free)
-    leaky_labels, leaky_probs, leaky_patients = _arrays(inputs.leaky)
+    free, leaky_arrays = _arrays(inputs.leak_free), _arrays(inputs.leaky)
     not_flagged = ~inputs.leak_free["location"].is_in(list(inputs.flagged_locations)).to_numpy()
-    everything = np.ones(len(free_labels), bool)
+    everything = np.ones(len(free[0]), bool)
+    leaky_everything = np.ones(len(leaky_arrays[0]), bool)
 
-    def run(labels, probabilities, patients, keep, seed) -> BootstrapResult:
-        return bootstrap_metrics(labels, probabilities, patients, keep=keep, resamples=inputs.resamples, seed=seed)
+    def run(arrays, keep, seed) -> BootstrapResult:
+        return bootstrap_metrics(*arrays, keep=keep, resamples=inputs.resamples, seed=seed)
 
-    full = run(free_labels, free_probs, free_patients, everything, inputs.seed)
-    clean = run(free_labels, free_probs, free_patients, not_flagged, inputs.seed)  # same draws: paired
-    leaky = run(leaky_labels, leaky_probs, leaky_patients, np.ones(len(leaky_labels), bool), inputs.seed + 1)
+    full = run(free, everything, inputs.seed)
+    clean = run(free, not_flagged, inputs.seed)  # same draws: paired
+    leaky = run(leaky_arrays, leaky_everything, inputs.seed + 1)
     flagged = int((~not_flagged).sum())
     inflation = difference(leaky, full)
     flagged_effect = difference(full, clean) if flagged else None
     rows = {
-        LEAK_FREE_FULL: _row("leak-free (patient-level split)", "full test set", inputs.leak_free, everything, full,
-                             num_classes),
-        LEAK_FREE_CLEAN: _row("leak-free (patient-level split)", "test set without flagged images", inputs.leak_free,
+        LEAK_FREE_FULL: _row("leak-free (patient-level split)", "full test set", free, everything, full, num_classes),
+        LEAK_FREE_CLEAN: _row("leak-free (patient-level split)", "test set without flagged images", free,
                               not_flagged, clean, num_classes),
-        LEAKY_FULL: _row("leaky (image-level split)", "its own test split", inputs.leaky,
-                         np.ones(len(leaky_labels), bool), leaky, num_classes),
+        LEAKY_FULL: _row("leaky (image-level split)", "its own test split", leaky_arrays, leaky_everything, leaky,
+                         num_classes),
     }
     return {
         "class_names": inputs.class_names,
