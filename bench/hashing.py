@@ -52,15 +52,20 @@ def decode_floor(path: str) -> None:
         image.convert("L")
 
 
-def throughput(function, paths: list[str], repeats: int = 3) -> float:
-    """Images per second, the best of ``repeats`` passes (the machine's other work only slows one down)."""
-    best = float("inf")
+def best_of(repeats: int, run):
+    """(seconds, result) of the fastest of ``repeats`` calls of ``run``."""
+    timings = []
     for _ in range(repeats):
         start = time.perf_counter()
-        for path in paths:
-            function(path)
-        best = min(best, time.perf_counter() - start)
-    return len(paths) / best
+        result = run()
+        timings.append(time.perf_counter() - start)
+    return min(timings), result
+
+
+def throughput(function, paths: list[str], repeats: int = 3) -> float:
+    """Images per second, the best of ``repeats`` passes (the machine's other work only slows one down)."""
+    seconds, _ = best_of(repeats, lambda: [function(path) for path in paths])
+    return len(paths) / seconds
 
 
 def bits_apart(exact: list[dict], fast: list[dict], name: str) -> tuple[float, float, int]:
@@ -98,16 +103,12 @@ def main() -> None:
         share, mean, worst = bits_apart(exact_rows, fast_rows, name)
         print(f"fast vs exact {name}: {share:.0%} of images differ; {mean:.2f} bits on average, at most {worst}")
 
-    cold_start = time.perf_counter()
-    cold = hash_images(paths, workers=2)
-    cold_seconds = time.perf_counter() - cold_start
+    cold_seconds, cold = best_of(3, lambda: hash_images(paths, workers=2))
     extra = build_images(folder / "new", max(1, len(paths) // 100), seed=1)
-    warm_start = time.perf_counter()
-    warm = hash_images(paths + extra, cold.hashes, workers=2)
-    warm_seconds = time.perf_counter() - warm_start
+    warm_seconds, warm = best_of(3, lambda: hash_images(paths + extra, cold.hashes, workers=2))
     print(f"\ncold run, 2 threads: {len(paths)} images in {cold_seconds:.2f} s ({len(paths) / cold_seconds:.0f}/s)")
     print(f"re-run after adding {len(extra)} images: hashed {warm.hashed}, reused {warm.reused}, "
-          f"{warm_seconds:.3f} s = {warm_seconds / cold_seconds:.1%} of the cold run")
+          f"{warm_seconds:.3f} s = {warm_seconds / cold_seconds:.1%} of the cold run (best of 3 each)")
     if args.dir is None:
         shutil.rmtree(folder)
 
