@@ -35,11 +35,11 @@ def brute_force(query, reference, radius):
 def test_radius_search_equals_brute_force(kind, radius, strategy):
     rng = np.random.default_rng(radius)
     if kind == "uniform":
-        query, reference = (rng.integers(0, 2**64, n, dtype=np.uint64) for n in (1500, 4000))
+        query, reference = (rng.integers(0, 2**64, n, dtype=np.uint64) for n in (1500, 4003))
         query[:50] = reference[:50] ^ np.uint64(0b1011)  # guaranteed near pairs
         query[50:60] = reference[60:70] ^ np.uint64((1 << 64) - 1 - 0b11)  # far apart: 62 bits differ
     else:
-        query, reference = clustered_hashes(rng, 1500), clustered_hashes(rng, 4000)
+        query, reference = clustered_hashes(rng, 1500), clustered_hashes(rng, 4003)
     qi, ri, d = radius_pairs(query, reference, radius, strategy=strategy, workers=2)
     found = set(zip(qi.tolist(), ri.tolist(), d.tolist()))
     assert len(found) == len(qi)  # no pair twice, although several substrings can find it
