@@ -15,13 +15,13 @@ import argparse
 import hashlib
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import imagehash
 import numpy as np
 from PIL import Image
 
+from bench.timing import timed
 from leakage_pipeline.audit.image_hashing import hash_image, hash_images
 from leakage_pipeline.audit.perceptual_hash import HASH_MODE_FAST
 from leakage_pipeline.demo.synthetic_dataset import _make_patient, _skin, _xray
@@ -52,19 +52,9 @@ def decode_floor(path: str) -> None:
         image.convert("L")
 
 
-def best_of(repeats: int, run):
-    """(seconds, result) of the fastest of ``repeats`` calls of ``run``."""
-    timings = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = run()
-        timings.append(time.perf_counter() - start)
-    return min(timings), result
-
-
 def throughput(function, paths: list[str], repeats: int = 3) -> float:
-    """Images per second, the best of ``repeats`` passes (the machine's other work only slows one down)."""
-    seconds, _ = best_of(repeats, lambda: [function(path) for path in paths])
+    """Images per second over all of ``paths``, the median of ``repeats`` passes."""
+    seconds, _ = timed(lambda: [function(path) for path in paths], repeats)
     return len(paths) / seconds
 
 
@@ -92,7 +82,7 @@ def main() -> None:
     floor = throughput(decode_floor, paths)
     exact = throughput(hash_image, paths)
     fast = throughput(lambda path: hash_image(path, mode=HASH_MODE_FAST), paths)
-    print(f"{len(paths)} JPEGs of 512-1024 px; best of 3 passes; exact mode equals imagehash on every image\n")
+    print(f"{len(paths)} JPEGs of 512-1024 px; medians of 3 passes; exact mode equals imagehash on every image\n")
     print("| method (one core) | images/s | vs imagehash |\n|---|---|---|")
     print(f"| imagehash phash+dhash+sha256 | {reference:.0f} | 1.00x |")
     print(f"| ours, exact | {exact:.0f} | {exact / reference:.2f}x |")
@@ -103,12 +93,12 @@ def main() -> None:
         share, mean, worst = bits_apart(exact_rows, fast_rows, name)
         print(f"fast vs exact {name}: {share:.0%} of images differ; {mean:.2f} bits on average, at most {worst}")
 
-    cold_seconds, cold = best_of(3, lambda: hash_images(paths, workers=2))
+    cold_seconds, cold = timed(lambda: hash_images(paths, workers=2), 3)
     extra = build_images(folder / "new", max(1, len(paths) // 100), seed=1)
-    warm_seconds, warm = best_of(3, lambda: hash_images(paths + extra, cold.hashes, workers=2))
+    warm_seconds, warm = timed(lambda: hash_images(paths + extra, cold.hashes, workers=2), 3)
     print(f"\ncold run, 2 threads: {len(paths)} images in {cold_seconds:.2f} s ({len(paths) / cold_seconds:.0f}/s)")
     print(f"re-run after adding {len(extra)} images: hashed {warm.hashed}, reused {warm.reused}, "
-          f"{warm_seconds:.3f} s = {warm_seconds / cold_seconds:.1%} of the cold run (best of 3 each)")
+          f"{warm_seconds:.3f} s = {warm_seconds / cold_seconds:.1%} of the cold run (medians of 3 each)")
     if args.dir is None:
         shutil.rmtree(folder)
 

@@ -11,7 +11,6 @@ benchmark. The scale run times ours alone in a child process and reports that pr
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import time
@@ -20,7 +19,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from leakage_pipeline.audit.hamming_search import BRUTE_FORCE, choose_strategy, radius_pairs
+from bench.timing import timed
+from leakage_pipeline.audit.hamming_search import (
+    BRUTE_FORCE,
+    choose_strategy,
+    radius_pairs,
+)
 
 
 def cluster_centres(rng: np.random.Generator, count: int = 2000) -> np.ndarray:
@@ -92,15 +96,6 @@ class BKTree:
             found += d <= radius
             stack.extend(child for edge, child in children.items() if d - radius <= edge <= d + radius)
         return found
-
-
-def timed(function, repeats: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def ours(query, reference, radius, workers=None, strategy=None) -> int:

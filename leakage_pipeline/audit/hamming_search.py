@@ -246,8 +246,8 @@ def _build_tables(reference, shifts, widths, table_starts):
         for k in range(table_starts[s] + 1, table_starts[s + 1]):
             offsets[k] += offsets[k - 1]
     cursor = offsets.copy()
-    for j in range(n):
-        for s in range(m):
+    for s in range(m):  # one table at a time: its bucket write heads stay in cache
+        for j in range(n):
             slot = table_starts[s] + ((reference[j] >> np.uint64(shifts[s])) & substring_masks[s])
             position = s * n + cursor[slot]
             hashes[position] = reference[j]
