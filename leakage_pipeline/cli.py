@@ -23,11 +23,12 @@ from leakage_pipeline.defs.settings import DEFAULT_DEMO_DIR, AuditSettings, Trai
 from leakage_pipeline.runner import AuditFailed, AuditOutcome, run_audit
 from leakage_pipeline.training.evaluation import summary_markdown
 from leakage_pipeline.training.model_files import Classifier
-from leakage_pipeline.training.models import ARCHITECTURES, SMALL_CNN
+from leakage_pipeline.training.models import ARCHITECTURES
 from leakage_pipeline.training.serving import DEFAULT_MAX_UPLOAD_BYTES, serve
 
 EXIT_RAN = 0
 EXIT_COULD_NOT_RUN = 2
+TRAINING_DEFAULTS = TrainingSettings()
 # Small images and a small CNN: both trainings take a few minutes on two CPU cores.
 DEMO_TRAINING = TrainingSettings(image_size=32, epochs=15, patience=5)
 
@@ -53,11 +54,14 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--train", action="store_true",
                        help="also train the leak-free and the leaky model and evaluate both (skipped when a "
                             "patient spans splits)")
-    audit.add_argument("--image-size", type=int, default=64, help="training image side in pixels (default 64)")
-    audit.add_argument("--channels", type=int, choices=(1, 3), default=3, help="1 for grayscale, 3 for RGB")
-    audit.add_argument("--architecture", choices=ARCHITECTURES, default=SMALL_CNN)
-    audit.add_argument("--epochs", type=int, default=30, help="most epochs; early stopping on val may end sooner")
-    audit.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    audit.add_argument("--image-size", type=int, default=TRAINING_DEFAULTS.image_size,
+                       help=f"training image side in pixels (default {TRAINING_DEFAULTS.image_size})")
+    audit.add_argument("--channels", type=int, choices=(1, 3), default=TRAINING_DEFAULTS.channels,
+                       help="1 for grayscale, 3 for RGB")
+    audit.add_argument("--architecture", choices=ARCHITECTURES, default=TRAINING_DEFAULTS.architecture)
+    audit.add_argument("--epochs", type=int, default=TRAINING_DEFAULTS.epochs,
+                       help="most epochs; early stopping on val may end sooner")
+    audit.add_argument("--device", default=TRAINING_DEFAULTS.device, help="auto (CUDA when present), cpu, cuda or cuda:N")
     audit.add_argument("--initial-weights", help="a state dict file to start training from")
 
     demo = commands.add_parser("demo", help="build the synthetic demo dataset, audit it, train and evaluate")

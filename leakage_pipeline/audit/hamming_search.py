@@ -230,7 +230,7 @@ def _probe_masks(plan: SubstringPlan) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(cache=True)
-def _build_tables(reference, shifts, widths, table_starts):
+def _build_tables(reference, shifts, key_masks, table_starts):
     """Per substring, references sorted by substring key: bucket offsets, sorted hashes (with the
     padding :func:`_collect_matches` reads past the end) and ids (int32: half the memory traffic)."""
     m = shifts.shape[0]
@@ -238,17 +238,16 @@ def _build_tables(reference, shifts, widths, table_starts):
     offsets = np.zeros(table_starts[m], dtype=np.int64)
     hashes = np.zeros(m * n + _LANES - 1, dtype=np.uint64)
     ids = np.empty(m * n, dtype=np.int32)
-    substring_masks = (np.uint64(1) << widths.astype(np.uint64)) - np.uint64(1)
     for j in range(n):  # every substring's bucket sizes in one pass over the references
         for s in range(m):
-            offsets[table_starts[s] + ((reference[j] >> np.uint64(shifts[s])) & substring_masks[s]) + 1] += 1
+            offsets[table_starts[s] + ((reference[j] >> np.uint64(shifts[s])) & key_masks[s]) + 1] += 1
     for s in range(m):
         for k in range(table_starts[s] + 1, table_starts[s + 1]):
             offsets[k] += offsets[k - 1]
     cursor = offsets.copy()
     for s in range(m):  # one table at a time: its bucket write heads stay in cache
         for j in range(n):
-            slot = table_starts[s] + ((reference[j] >> np.uint64(shifts[s])) & substring_masks[s])
+            slot = table_starts[s] + ((reference[j] >> np.uint64(shifts[s])) & key_masks[s])
             position = s * n + cursor[slot]
             hashes[position] = reference[j]
             ids[position] = j
@@ -257,21 +256,19 @@ def _build_tables(reference, shifts, widths, table_starts):
 
 
 @numba.njit(nogil=True, cache=True)
-def _multi_index(query, start, radius, substring, shifts, widths, radii, table_starts, offsets, hashes, n_reference,
-                 masks, mask_starts, out_query, out_position, out_distance):
+def _multi_index(query, start, radius, substring, shifts, key_masks, in_place_masks, radii, table_starts, offsets,
+                 hashes, n_reference, masks, mask_starts, out_query, out_position, out_distance):
     """Matches of ``query[start:]`` found by probing table ``substring``, but for those an earlier
     substring finds; returns like ``_brute_force``, with positions in ``hashes`` (the tables' order)
     where ``_brute_force`` gives reference indices."""
     found = 0
-    substring_masks = (np.uint64(1) << widths.astype(np.uint64)) - np.uint64(1)
-    earlier_masks = (substring_masks << shifts.astype(np.uint64))[:substring]  # their bits where they lie
-    earlier_radii = radii[:substring]
+    earlier_masks, earlier_radii = in_place_masks[:substring], radii[:substring]
     base = table_starts[substring]
     first = substring * n_reference
     for i in range(start, query.shape[0]):
         q = query[i]
         found_before = found
-        key = (q >> np.uint64(shifts[substring])) & substring_masks[substring]
+        key = (q >> np.uint64(shifts[substring])) & key_masks[substring]
         for p in range(mask_starts[substring], mask_starts[substring + 1]):
             probe = key ^ masks[p]
             low, high = first + offsets[base + probe], first + offsets[base + probe + 1]
@@ -284,13 +281,12 @@ def _multi_index(query, start, radius, substring, shifts, widths, radii, table_s
 
 
 @numba.njit(cache=True)
-def _candidates(query, shifts, widths, table_starts, offsets, masks, mask_starts):
+def _candidates(query, shifts, key_masks, table_starts, offsets, masks, mask_starts):
     """Candidates the multi-index probes would verify for ``query`` (bucket sizes summed)."""
     total = 0
     for i in range(query.shape[0]):
         for s in range(shifts.shape[0]):
-            width_mask = (np.uint64(1) << np.uint64(widths[s])) - np.uint64(1)
-            key = (query[i] >> np.uint64(shifts[s])) & width_mask
+            key = (query[i] >> np.uint64(shifts[s])) & key_masks[s]
             base = table_starts[s]
             for p in range(mask_starts[s], mask_starts[s + 1]):
                 probe = key ^ masks[p]
@@ -307,16 +303,17 @@ class MultiIndex:
         self.plan = plan
         self.n_reference = len(reference)
         self.shifts = np.array(plan.shifts, dtype=np.int64)
-        self.widths = np.array(plan.widths, dtype=np.int64)
+        self.key_masks = np.array([(1 << w) - 1 for w in plan.widths], dtype=np.uint64)  # a substring's key bits
+        self.in_place_masks = self.key_masks << self.shifts.astype(np.uint64)  # its bits where they lie in a hash
         self.radii = np.array(plan.radii, dtype=np.int64)
         self.table_starts = np.concatenate([[0], np.cumsum([2**w + 1 for w in plan.widths])]).astype(np.int64)
         self.masks, self.mask_starts = _probe_masks(plan)
-        self.offsets, self.hashes, self.ids = _build_tables(reference, self.shifts, self.widths, self.table_starts)
+        self.offsets, self.hashes, self.ids = _build_tables(reference, self.shifts, self.key_masks, self.table_starts)
 
     def candidates_per_query(self, query: np.ndarray) -> float:
         if not len(query):
             return 0.0
-        return _candidates(query, self.shifts, self.widths, self.table_starts, self.offsets, self.masks,
+        return _candidates(query, self.shifts, self.key_masks, self.table_starts, self.offsets, self.masks,
                            self.mask_starts) / len(query)
 
     def cost_per_query(self, query: np.ndarray) -> float:
@@ -325,13 +322,13 @@ class MultiIndex:
         return probes * _PROBE_COST + self.candidates_per_query(query) * _VERIFY_COST
 
     def substring_keys(self, query: np.ndarray, substring: int) -> np.ndarray:
-        return (query >> np.uint64(self.plan.shifts[substring])) & np.uint64((1 << self.plan.widths[substring]) - 1)
+        return (query >> np.uint64(self.plan.shifts[substring])) & self.key_masks[substring]
 
     def search(self, query: np.ndarray, radius: int, substring: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Pairs table ``substring`` finds (and no earlier one): query indices, reference ids, distances."""
         query_index, position, distance = _drain(lambda start, *out: _multi_index(
-            query, start, np.uint64(radius), substring, self.shifts, self.widths, self.radii, self.table_starts,
-            self.offsets, self.hashes, self.n_reference, self.masks, self.mask_starts, *out), len(query))
+            query, start, np.uint64(radius), substring, self.shifts, self.key_masks, self.in_place_masks, self.radii,
+            self.table_starts, self.offsets, self.hashes, self.n_reference, self.masks, self.mask_starts, *out), len(query))
         # Reference ids are looked up once per pair found, not for every candidate verified.
         return query_index, self.ids[position].astype(np.int64), distance
 

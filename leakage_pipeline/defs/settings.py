@@ -89,16 +89,22 @@ def settings_from_env() -> AuditSettings:
     )
 
 
+# TrainingSettings field -> (environment variable, its parser)
+_TRAINING_ENVIRONMENT = {
+    "image_size": ("LEAKAGE_IMAGE_SIZE", int),
+    "channels": ("LEAKAGE_CHANNELS", int),
+    "architecture": ("LEAKAGE_ARCHITECTURE", str),
+    "epochs": ("LEAKAGE_EPOCHS", int),
+    "device": ("LEAKAGE_DEVICE", str),
+    "initial_weights": ("LEAKAGE_INITIAL_WEIGHTS", str),
+}
+
+
 def training_settings_from_env() -> TrainingSettings:
-    env = os.environ.get
-    return TrainingSettings(
-        image_size=int(env("LEAKAGE_IMAGE_SIZE", "64")),
-        channels=int(env("LEAKAGE_CHANNELS", "3")),
-        architecture=env("LEAKAGE_ARCHITECTURE", SMALL_CNN),
-        epochs=int(env("LEAKAGE_EPOCHS", "30")),
-        device=env("LEAKAGE_DEVICE", "auto"),
-        initial_weights=env("LEAKAGE_INITIAL_WEIGHTS") or None,
-    )
+    """Training settings for ``dagster dev`` and deployments: each variable that is set (and not
+    empty) overrides the field's default."""
+    return TrainingSettings(**{field: parse(os.environ[name]) for field, (name, parse) in _TRAINING_ENVIRONMENT.items()
+                               if os.environ.get(name)})
 
 
 def pipeline_resources(audit: AuditSettings, training: TrainingSettings) -> dict:

@@ -62,10 +62,10 @@ def training_images(
     })
 
 
-def _stored_assignments(files: OutputFiles, training: TrainingSettings) -> pl.DataFrame:
-    """Split assignments of the images that are in the training image stores (readable ones)."""
+def _stored_assignments(assignments: pl.DataFrame, files: OutputFiles, training: TrainingSettings) -> pl.DataFrame:
+    """The split ``assignments`` of the images that are in the training image stores (readable ones)."""
     stored = open_stores(_store_dirs(files, training)).index.select("location")
-    return pl.read_parquet(files.split_assignments).join(stored, on="location", how="semi").select(
+    return assignments.join(stored, on="location", how="semi").select(
         "location", "patient_id", "label", "split")
 
 
@@ -96,12 +96,13 @@ def leak_free_model(
 ) -> dg.MaterializeResult:
     """The model trained on the patient-level train split and selected on val."""
     files = OutputFiles(audit.output_dir)
-    spanning = check_split_integrity(pl.read_parquet(files.split_assignments)).patients_spanning_splits
+    assignments = pl.read_parquet(files.split_assignments)
+    spanning = check_split_integrity(assignments).patients_spanning_splits
     if spanning.height:
         raise dg.Failure(
             f"not training: {spanning.height} patient(s) have images in more than one split, "
             f"e.g. {spanning['patient_id'].head(3).to_list()}; fix the split or use split policy 'assign'")
-    table = _stored_assignments(files, training)
+    table = _stored_assignments(assignments, files, training)
     return _train_through_pipes(context, pipes_subprocess_client, files, training, LEAK_FREE, table, {
         "split": "patient-level", "images_per_split": dg.MetadataValue.json(
             dict(table.group_by("split").len().sort("split").iter_rows())),
@@ -117,7 +118,7 @@ def leaky_model(
     """The same model on an image-level random split of the same pool, split sizes unchanged: the
     contrast a careless pipeline produces."""
     files = OutputFiles(audit.output_dir)
-    patient_level = _stored_assignments(files, training)
+    patient_level = _stored_assignments(pl.read_parquet(files.split_assignments), files, training)
     sizes = {split: patient_level.filter(pl.col("split") == split).height for split in SPLIT_NAMES}
     table = image_level_splits(patient_level, sizes, seed=training.seed)
     shared = shared_patients(table, TRAIN_SPLIT, TEST_SPLIT)
