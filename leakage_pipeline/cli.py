@@ -14,11 +14,12 @@ import warnings
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 
 from leakage_pipeline.audit.manifest import ManifestError
 from leakage_pipeline.audit.perceptual_hash import HASH_MODE_EXACT, HASH_MODES
 from leakage_pipeline.audit.report_markdown import threshold_markdown
-from leakage_pipeline.audit.splitting import SPLIT_POLICIES
+from leakage_pipeline.audit.splitting import MOVED_WITH_IDENTITY, SPLIT_POLICIES
 from leakage_pipeline.defs.settings import DEFAULT_DEMO_DIR, AuditSettings, TrainingSettings
 from leakage_pipeline.runner import AuditFailed, AuditOutcome, run_audit
 from leakage_pipeline.training.evaluation import summary_markdown
@@ -84,11 +85,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _summary(outcome: AuditOutcome, trained: bool) -> str:
-    report = json.loads(outcome.files.report_json.read_text())
-    lines = [threshold_markdown(report), "", report["verdict"]["text"]]
+    files = outcome.files
+    report = json.loads(files.report_json.read_text())
+    leak_free = json.loads(files.leak_free.report_json.read_text())
+    moved = pl.read_parquet(files.leak_free.split_assignments).filter(
+        pl.col("split_source") == MOVED_WITH_IDENTITY).height
+    lines = [threshold_markdown(report), "", report["verdict"]["text"], "",
+             f"Leak-free split ({moved} image(s) moved to keep each identity in one split): "
+             f"{leak_free['flagged']['count']} flagged image(s), "
+             f"{leak_free['split_integrity']['patients_spanning_splits']['count']} patient(s) in more than one split."]
     if outcome.training_blocked:
-        lines.append("Training is blocked: the split check failed (patients span splits).")
-    lines.append(f"Report: {outcome.files.report_markdown.resolve()}")
+        lines.append("Training is blocked: the leak-free split still leaks.")
+    lines += [f"Report: {files.report_markdown.resolve()}",
+              f"Leak-free split's report: {files.leak_free.report_markdown.resolve()}"]
     evaluation = outcome.files.evaluation_dir / "evaluation.json"
     if trained and not outcome.training_blocked:
         summary = json.loads(evaluation.read_text())
@@ -127,8 +136,8 @@ def _predict(images: list[Path], model_dir: Path, device: str) -> int:
 
 
 def _demo(directory: Path, train: bool, verbose: bool) -> int:
-    """Audit the team's split as delivered (training is blocked: a patient spans splits), then
-    re-split per patient, audit again, and train and evaluate the leak-free and the leaky model."""
+    """Audit the team's split as delivered, build and audit the leak-free split, and train and
+    evaluate the leak-free and the leaky model on it."""
     from leakage_pipeline.demo.synthetic_dataset import build_demo_dataset
 
     data_dir = directory / "data"
@@ -136,15 +145,10 @@ def _demo(directory: Path, train: bool, verbose: bool) -> int:
     if not manifest.exists():
         print(f"building the demo dataset in {data_dir} ...", flush=True)
         build_demo_dataset(data_dir)
-    print("== the team's split, as delivered ==", flush=True)
-    status = _audit(AuditSettings(manifest_path=str(manifest), output_dir=str(directory / "out")), verbose)
-    if status != EXIT_RAN or not train:
-        return status
-    print("\n== re-split per patient (split policy 'assign'), then train both models on CPU ==", flush=True)
-    return _audit(
-        AuditSettings(manifest_path=str(manifest), output_dir=str(directory / "patient_split"), split_policy="assign"),
-        verbose, DEMO_TRAINING,
-    )
+    print("== the team's split, as delivered" + (", then both models trained on the CPU ==" if train else " =="),
+          flush=True)
+    return _audit(AuditSettings(manifest_path=str(manifest), output_dir=str(directory / "out")), verbose,
+                  DEMO_TRAINING if train else None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ import dagster as dg
 
 from leakage_pipeline.defs.assets import AUDIT_ASSETS
 from leakage_pipeline.defs.automation import audit_run_tags
-from leakage_pipeline.defs.checks import AUDIT_CHECKS, no_patient_spans_splits
+from leakage_pipeline.defs.checks import AUDIT_CHECKS, leak_free_split_is_clean
 from leakage_pipeline.defs.output_files import OutputFiles
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings, pipeline_resources
 from leakage_pipeline.defs.training_assets import TRAINING_ASSETS
@@ -21,7 +21,7 @@ class AuditFailed(RuntimeError):
 @dataclass(frozen=True)
 class AuditOutcome:
     files: OutputFiles
-    training_blocked: bool  # the blocking split check failed: the report is written, training may not run
+    training_blocked: bool  # the leak-free split still leaks (its blocking check failed): training did not run
     result: dg.ExecuteInProcessResult
 
 
@@ -39,8 +39,9 @@ def run_audit(
 ) -> AuditOutcome:
     """Materialize every audit asset and check, and the training assets when ``training`` is given.
 
-    Raises :class:`AuditFailed` if an asset failed. A failed blocking split check is not a
-    failure of the audit: the report is written and training is skipped (``training_blocked``).
+    Raises :class:`AuditFailed` if an asset failed. Leakage found is not a failure: it is in the
+    report and in failed ERROR checks. A failed blocking check on the leak-free split skips training
+    (``training_blocked``).
     """
     result = dg.materialize(
         [*AUDIT_ASSETS, *AUDIT_CHECKS, *(TRAINING_ASSETS if training is not None else [])],
@@ -50,10 +51,13 @@ def run_audit(
         raise_on_error=False,
         run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
     )
-    blocking_step = no_patient_spans_splits.node_def.name
+    blocked = any(not e.passed for e in result.get_asset_check_evaluations()
+                  if e.asset_check_key == leak_free_split_is_clean.check_key)
     failures = [e for e in result.all_events if e.is_step_failure]
-    asset_failures = [e for e in failures if not e.step_key.endswith(blocking_step)]
+    # A failed blocking check fails its own step, by design; every other failed step is a failed audit.
+    blocking_step = leak_free_split_is_clean.node_def.name
+    asset_failures = [e for e in failures if not (blocked and e.step_key == blocking_step)]
     if asset_failures:
         first = asset_failures[0]
         raise AuditFailed(f"step {first.step_key} failed: {_root_message(first)}")
-    return AuditOutcome(files=OutputFiles(settings.output_dir), training_blocked=bool(failures), result=result)
+    return AuditOutcome(files=OutputFiles(settings.output_dir), training_blocked=blocked, result=result)

@@ -32,6 +32,22 @@ def write_manifest(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def images_frame(rows: list[dict]) -> pl.DataFrame:
+    """Audited images; each row needs patient_id and split, and gets a distinct random hash unless given one."""
+    rng = np.random.default_rng(0)
+    filled = []
+    for index, row in enumerate(rows):
+        uri = row.get("image_uri", f"img{index}.png")
+        filled.append({
+            "row": index + 1, "image_uri": uri, "location": f"/data/{uri}", "label": "a" if index % 2 else "b",
+            "case_id": None, "vendor": None, "status": "ok", "sha256": f"sha{index}",
+            "phash": int(rng.integers(0, 2**63)), "dhash": int(rng.integers(0, 2**63)), "detail": 30.0, **row,
+        })
+    return pl.DataFrame(filled, schema_overrides={
+        "case_id": pl.String, "vendor": pl.String, "phash": pl.UInt64, "dhash": pl.UInt64, "detail": pl.Float32,
+        "sha256": pl.String, "status": pl.String})
+
+
 @pytest.fixture(scope="session")
 def small_demo(tmp_path_factory) -> Path:
     """Manifest path of a small synthetic dataset with every kind of planted leak."""

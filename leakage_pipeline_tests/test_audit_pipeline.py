@@ -35,17 +35,18 @@ def test_definitions_load_with_job_schedule_and_sensor():
     assert defs.resolve_schedule_def("nightly_audit").cron_schedule == "0 2 * * *"
     assert defs.resolve_sensor_def("manifest_changed") is not None
     assert defs.resolve_job_def("leakage_training") is not None
-    assert len(defs.resolve_asset_graph().get_all_asset_keys()) == 10
+    assert len(defs.resolve_asset_graph().get_all_asset_keys()) == 12
 
 
 def test_audit_writes_every_report_file(audited):
     outcome, _ = audited
     files = outcome.files
     for path in (files.report_json, files.report_markdown, files.flagged_test_images, files.montage,
-                 files.near_duplicate_pairs, files.split_integrity, files.image_hashes("test")):
+                 files.near_duplicate_pairs, files.split_integrity, files.image_hashes("test"), files.identities,
+                 files.leak_free.split_assignments, files.leak_free.report_json, files.leak_free.montage):
         assert path.exists(), path
     report = json.loads(files.report_json.read_text())
-    for section in ("counts", "split_integrity", "thresholds", "label_agreement", "patient_links",
+    for section in ("counts", "coverage", "split_integrity", "thresholds", "label_agreement", "patient_links",
                     "flagged", "verdict"):
         assert section in report
     metadata = _materialization_metadata(outcome, "leakage_report")
@@ -53,34 +54,62 @@ def test_audit_writes_every_report_file(audited):
     assert files.report_markdown.read_text().startswith("# Leakage audit")
 
 
-def test_audit_finds_every_planted_leak(audited):
+def test_audit_finds_every_planted_leak_with_its_reason(audited):
     outcome, manifest = audited
     planted = json.loads((manifest.parent / "planted.json").read_text())
     report = json.loads(outcome.files.report_json.read_text())
-    flagged = {row["query_image_uri"] for row in report["flagged"]["images"]}
-    flagged_test = {row["query_image_uri"] for row in json.loads(outcome.files.flagged_test_images.read_text())}
+    reasons = {row["image_uri"]: set(row["reasons"]) for row in report["flagged"]["images"]}
+    test_reasons = {row["image_uri"]: set(row["reasons"])
+                    for row in json.loads(outcome.files.flagged_test_images.read_text())}
     for copy in planted["exact_copies"] + planted["reencoded_copies"]:
-        assert copy["image_uri"] in (flagged_test if copy["split"] == "test" else flagged), copy
+        found = (test_reasons if copy["split"] == "test" else reasons)[copy["image_uri"]]
+        assert found & {"exact_copy", "near_duplicate"}, copy
+    for copy in planted["exact_copies"]:
+        assert "exact_copy" in reasons[copy["image_uri"]]
     twins = planted["reenrolled_patient"]
     links = {(r["query_patient_id"], r["reference_patient_id"]) for r in report["patient_links"]["pairs"]}
     assert (twins["second_id"], twins["original"]) in links
-    spanning = report["split_integrity"]["patients_spanning_splits"]["examples"]
-    assert [r["patient_id"] for r in spanning] == [planted["patient_spanning_splits"]["patient_id"]]
+    manifest_rows = pl.read_csv(manifest, infer_schema=False)
+    for uri in manifest_rows.filter(pl.col("patient_id") == twins["second_id"])["image_uri"]:
+        assert "linked_patient" in test_reasons[uri]  # every image of the twin, duplicate or not
+    spanning = planted["patient_spanning_splits"]
+    assert [r["patient_id"] for r in report["split_integrity"]["patients_spanning_splits"]["examples"]] == [
+        spanning["patient_id"]]
+    spanning_test = manifest_rows.filter((pl.col("patient_id") == spanning["patient_id"]) & (pl.col("split") == "test"))
+    for uri in spanning_test["image_uri"]:
+        assert "same_patient" in test_reasons[uri]
     assert report["counts"]["per_status"]["unreadable"] == 1
+    verdict = report["verdict"]
+    readable_flagged = [r for r in report["flagged"]["images"] if r["split"] == "test" and r["status"] == "ok"]
+    assert verdict["leaked_test_images"] == len(readable_flagged)
+    assert verdict["test_images_read"] == verdict["test_images"] - 1
 
 
-def test_blocking_check_stops_training_but_not_the_report(audited):
+def test_finding_leakage_is_a_successful_audit_with_failed_error_checks(audited):
     outcome, _ = audited
-    assert outcome.training_blocked
+    assert outcome.result.success and not outcome.training_blocked
     assert not _check_passed(outcome, "no_patient_spans_splits")
+    assert not _check_passed(outcome, "no_test_image_leaked")
     assert not _check_passed(outcome, "every_image_readable")  # the planted unreadable file warns
-    assert outcome.files.report_json.exists()
+    assert _check_passed(outcome, "test_split_read") and _check_passed(outcome, "patient_ids_given")
+    assert _check_passed(outcome, "leak_free_split_is_clean")
 
 
-def test_assigned_split_passes_the_blocking_check(small_demo, tmp_path):
+def test_the_leak_free_split_keeps_identities_whole_and_audits_clean(audited):
+    outcome, manifest = audited
+    leak_free = json.loads(outcome.files.leak_free.report_json.read_text())
+    assert leak_free["flagged"]["count"] == 0
+    assert leak_free["split_integrity"]["patients_spanning_splits"]["count"] == 0
+    assert leak_free["verdict"]["status"] == "clean"
+    split = pl.read_parquet(outcome.files.leak_free.split_assignments)
+    twins = json.loads((manifest.parent / "planted.json").read_text())["reenrolled_patient"]
+    assert split.filter(pl.col("patient_id").is_in([twins["original"], twins["second_id"]]))["split"].n_unique() == 1
+    assert _materialization_metadata(outcome, "leak_free_split")["images_moved"] > 0
+
+
+def test_assigned_split_puts_each_patient_in_one_split(small_demo, tmp_path):
     outcome = run_audit(AuditSettings(manifest_path=str(small_demo), output_dir=str(tmp_path),
                                       split_policy="assign", seed=1))
-    assert not outcome.training_blocked
     assert _check_passed(outcome, "no_patient_spans_splits")
     assignments = pl.read_parquet(outcome.files.split_assignments)
     assert assignments.group_by("patient_id").agg(pl.col("split").n_unique())["split"].max() == 1

@@ -1,6 +1,7 @@
 import polars as pl
 import pytest
 
+from leakage_pipeline.audit.identity import identities, identity_edges
 from leakage_pipeline.audit.integrity import check_split_integrity
 from leakage_pipeline.audit.report import (
     ReportSettings, build_report, label_agreement_table, label_chance, patient_links, trusted_radii,
@@ -38,10 +39,14 @@ def test_patient_links_group_ids_into_clusters():
     trusted = pl.DataFrame([pair("A", "B", "x", "x"), pair("B2", "B", "x", "x", phash=1),
                             pair("A", "C", "x", "x", phash=2), pair("D", "E", "x", "x"),
                             pair("F", "F", "x", "x")])
-    links = patient_links(trusted)
+    images = pl.DataFrame({"patient_id": list("ABCDEF") + ["B2"], "case_id": [None] * 7}, schema_overrides={"case_id": pl.String})
+    table = identities(images["patient_id"], identity_edges(images, trusted))
+    links = patient_links(trusted, table)
     assert {(r["query_patient_id"], r["reference_patient_id"]) for r in links["pairs"]} == {
         ("A", "B"), ("B2", "B"), ("A", "C"), ("D", "E")}
     assert links["clusters"] == [["A", "B", "B2", "C"]]
+    assert links["identities_with_several_ids"] == 2
+    assert dict(table.iter_rows())["E"] == "D"
 
 
 def test_verdict_bounds_the_metric_by_the_leaked_share():
@@ -51,6 +56,7 @@ def test_verdict_bounds_the_metric_by_the_leaked_share():
         "patient_id": [f"p{i}" for i in range(n)], "label": ["a", "b"] * (n // 2),
         "split": ["test"] * 100 + ["train"] * 300, "status": ["ok"] * n, "detail": [30.0] * n,
         "row": list(range(1, n + 1)), "case_id": [None] * n, "vendor": [None] * n,
+        "sha256": [f"s{i}" for i in range(n)],
     }, schema_overrides={"case_id": pl.String, "vendor": pl.String})
     pairs = pl.DataFrame([
         {**pair(f"p{i}", f"p{100 + i}", "a", "a", phash=1, dhash=1), "query_location": f"/i{i}",
@@ -63,5 +69,5 @@ def test_verdict_bounds_the_metric_by_the_leaked_share():
     assert verdict["leaked_test_images"] == 12 and verdict["leaked_share"] == pytest.approx(0.12)
     assert verdict["max_top1_shift_points"] == pytest.approx(12.0)
     assert verdict["can_move_metric"]  # 12 points > the ±9.8-point noise of 100 images
-    assert "cannot move top-1 accuracy by more than 12.0 points" in verdict["text"]
+    assert "could move top-1 accuracy by up to 12.0 points, which exceeds the ±9.8-point" in verdict["text"]
     assert audit.flagged.height == 12

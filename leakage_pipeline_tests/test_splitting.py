@@ -3,7 +3,12 @@ import pytest
 
 from leakage_pipeline.audit.integrity import check_split_integrity
 from leakage_pipeline.audit.manifest import ManifestError
-from leakage_pipeline.audit.splitting import SplitPlan, assign_splits, keep_splits
+from leakage_pipeline.audit.identity import identities
+from leakage_pipeline.audit.leak_free_split import leak_free_split
+from leakage_pipeline.audit.splitting import (
+    MOVED_WITH_IDENTITY, SplitPlan, assign_splits, identities_whole, keep_splits,
+)
+from leakage_pipeline_tests.conftest import images_frame
 
 
 def manifest(patients: int, start: int = 0, images: int = 3) -> pl.DataFrame:
@@ -69,3 +74,44 @@ def test_integrity_finds_every_kind_of_crossing():
     assert findings.duplicate_locations.to_dicts() == [
         {"location": "/e", "splits": ["test", "train"], "rows": [5, 6]}]
     assert findings.counts.columns == ["split", "label", "images"]
+
+
+def test_each_identity_goes_whole_to_the_split_holding_most_of_its_images():
+    assignments = pl.DataFrame({
+        "location": [f"/{n}" for n in range(9)],
+        "patient_id": ["a", "a", "a", "b", "c", "c", "c", "d", "e"],
+        "split": ["train", "train", "train", "test", "train", "test", "test", "val", "test"],
+        "split_source": ["manifest"] * 9,
+    })
+    linked = pl.DataFrame({"patient_id": ["a", "b"], "identity": ["a", "a"]})
+    split = identities_whole(assignments, linked, ["train", "val", "test"])
+    assert dict(zip(split["location"], split["split"], strict=True)) == {
+        "/0": "train", "/1": "train", "/2": "train", "/3": "train", "/4": "test", "/5": "test", "/6": "test",
+        "/7": "val", "/8": "test"}
+    assert split.filter(pl.col("split_source") == MOVED_WITH_IDENTITY)["location"].to_list() == ["/3", "/4"]
+    # An earlier leak-free split's placements come first: stable as data grows.
+    ledger = pl.DataFrame({"patient_id": ["b", "c"], "split": ["test", "train"]})
+    again = identities_whole(assignments, linked, ["train", "val", "test"], ledger)
+    assert set(again.filter(pl.col("patient_id").is_in(["a", "b"]))["split"]) == {"test"}
+    assert set(again.filter(pl.col("patient_id") == "c")["split"]) == {"train"}
+
+
+def test_leak_free_split_follows_a_duplicate_that_a_move_brings_across_splits():
+    rows = [{"patient_id": "A", "split": "train"}]
+    a = images_frame(rows).row(0, named=True)
+    rows += [{"patient_id": "C", "split": "train", "dhash": a["dhash"]}]  # a near-duplicate of A, within train
+    rows += [{"patient_id": "B", "split": "test", "sha256": a["sha256"], "phash": a["phash"]}]  # A's copy
+    rows += [{"patient_id": "B", "split": "test"}, {"patient_id": "B", "split": "test"}]
+    rows += [{"patient_id": f"p{i}", "split": "train"} for i in range(6)] + [{"patient_id": "v", "split": "val"}]
+    images = images_frame(rows)
+    assignments = images.select("row", "image_uri", "location", "patient_id", "label", "split", "case_id", "vendor",
+                                split_source=pl.lit("manifest"))
+    hashes = images.select("location", "status", "sha256", "phash", "dhash", "detail")
+    # The audited split ties B to A (the copy crosses splits); C's tie to A is within train, unseen there.
+    audited = identities(images["patient_id"], pl.DataFrame({"patient_id": ["B"], "linked_patient_id": ["A"]}))
+    result = leak_free_split(assignments, hashes, audited, ["train", "val", "test"], {"phash": 4, "dhash": 4},
+                             min_detail=3.0)
+    placed = dict(zip(result.assignments["patient_id"], result.assignments["split"], strict=False))
+    # A joins B in test, which brings C's near-duplicate across: the next round moves C too.
+    assert placed["A"] == placed["B"] == placed["C"] == "test"
+    assert result.rounds == 2

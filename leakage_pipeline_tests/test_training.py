@@ -7,7 +7,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from leakage_pipeline.audit.image_hashing import hash_images
-from leakage_pipeline.audit.splitting import image_level_splits, shared_patients
+from leakage_pipeline.audit.splitting import leaky_split, shared_patients
 from leakage_pipeline.training.image_store import UNDECODABLE, build_store, open_stores
 from leakage_pipeline.training.models import RESNET18, SMALL_CNN, ResNet18, build_model, load_initial_weights
 from leakage_pipeline.training.preprocessing import Preprocessing
@@ -62,16 +62,18 @@ def test_image_store_counts_an_image_it_cannot_decode(tmp_path, monkeypatch):
     assert built.images == 2 and built.excluded == {UNDECODABLE: 1}
 
 
-def test_image_level_split_keeps_sizes_and_mixes_patients():
-    frame = pl.DataFrame({"location": [f"i{n}" for n in range(100)],
-                          "patient_id": [f"p{n // 5}" for n in range(100)]})
-    sizes = {"train": 70, "val": 15, "test": 15}
-    split = image_level_splits(frame, sizes, seed=3)
-    assert dict(split.group_by("split").len().iter_rows()) == sizes
-    assert split.equals(image_level_splits(frame, sizes, seed=3))
-    assert shared_patients(split, "train", "test") > 5
-    with pytest.raises(ValueError, match="do not add up"):
-        image_level_splits(frame, {"train": 10}, seed=0)
+def test_leaky_split_moves_half_of_each_test_patient_into_train_and_keeps_sizes():
+    splits = ["train"] * 60 + ["val"] * 20 + ["test"] * 20
+    frame = pl.DataFrame({"location": [f"i{n}" for n in range(100)], "patient_id": [f"p{n // 4}" for n in range(100)],
+                          "split": splits})
+    leaky = leaky_split(frame, ["train", "val", "test"], seed=3)
+    assert dict(leaky.group_by("split").len().iter_rows()) == {"train": 60, "val": 20, "test": 20}
+    assert leaky.equals(leaky_split(frame, ["train", "val", "test"], seed=3))
+    moved = frame.join(leaky, on="location").filter(pl.col("split") == "test", pl.col("split_right") == "train")
+    assert moved.height == 10 and moved.group_by("patient_id").len()["len"].to_list() == [2] * 5
+    assert shared_patients(leaky, "train", "test") >= 5
+    assert leaky.filter(pl.col("split") == "val").equals(frame.filter(pl.col("split") == "val"))
+
 
 
 def _two_class_images(n: int, seed: int) -> LabelledImages:

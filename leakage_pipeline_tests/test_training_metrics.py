@@ -5,7 +5,9 @@ import polars as pl
 import pytest
 from sklearn import metrics as sk
 
-from leakage_pipeline.training.evaluation import LEAK_FREE_CLEAN, LEAKY_FULL, EvaluationInputs, evaluate
+from leakage_pipeline.training.evaluation import (
+    LEAK_FREE_SHARED, LEAKY_SHARED, LEAKY_TEST, EvaluationInputs, evaluate,
+)
 from leakage_pipeline.training.metrics import (
     bootstrap_metrics,
     classification_metrics,
@@ -86,20 +88,44 @@ def _predictions(labels, probabilities, patients, prefix):
     })
 
 
-def test_evaluation_calls_an_inflated_leaky_score_and_a_harmless_flagged_set():
+def test_evaluation_compares_both_models_on_the_shared_test_images_paired():
     rng = np.random.default_rng(4)
     patients = np.repeat(np.arange(60), 4)
     labels = np.repeat(rng.integers(0, 3, 60), 4)
     honest = np.where(rng.random(240)[:, None] < 0.55, np.eye(3)[labels], np.eye(3)[(labels + 1) % 3]) * 0.8 + 0.2 / 3
-    leaky = np.eye(3)[labels] * 0.8 + 0.2 / 3  # memorised: always right
+    memorised = np.eye(3)[labels] * 0.8 + 0.2 / 3  # always right
     free = _predictions(labels, honest, patients, "t")
+    # The leaky model's test split shares the first 200 images with the leak-free one; 40 are its own.
+    leaky = pl.concat([_predictions(labels[:200], memorised[:200], patients[:200], "t"),
+                       _predictions(labels[:40], memorised[:40], patients[:40] + 100, "own")])
     summary = evaluate(EvaluationInputs(
-        leak_free=free, leaky=_predictions(labels, leaky, patients, "l"), class_names=["a", "b", "c"],
-        flagged_locations={"t0", "t1", "t2", "t3"}, leaky_shared_patients=50, resamples=300,
+        leak_free=free, leaky=leaky, class_names=["a", "b", "c"], leaky_shared_patients=50, resamples=300,
     ))
-    assert summary["differences"]["leaky_minus_leak_free_top1"]["moved"]
-    assert summary["rows"][LEAKY_FULL]["metrics"]["top1"]["value"] == 1.0
-    assert summary["rows"][LEAK_FREE_CLEAN]["images"] == 236
-    assert summary["rows"][LEAK_FREE_CLEAN]["patients"] == 59
-    assert summary["rows"][LEAKY_FULL]["metrics"]["top3"]["value"] is None  # three classes: no top-3
-    assert "Leakage moved the metric" in summary["verdict"] and "within the interval" in summary["verdict"]
+    assert summary["shared_test_images"] == 200
+    assert summary["rows"][LEAK_FREE_SHARED]["images"] == summary["rows"][LEAKY_SHARED]["images"] == 200
+    assert summary["rows"][LEAKY_SHARED]["patients"] == 50
+    assert summary["rows"][LEAKY_TEST]["images"] == 240 and summary["rows"][LEAKY_TEST]["metrics"]["top1"]["value"] == 1.0
+    effect = summary["leak_effect_top1"]
+    shared_free_top1 = summary["rows"][LEAK_FREE_SHARED]["metrics"]["top1"]["value"]
+    assert effect["value"] == pytest.approx(1.0 - shared_free_top1)
+    assert effect["moved"] and effect["low"] > 0
+    assert summary["rows"][LEAKY_TEST]["metrics"]["top3"]["value"] is None  # three classes: no top-3
+    assert "On the same 200 test images (50 patients)" in summary["verdict"]
+    assert "leakage moved the metric up, beyond the interval" in summary["verdict"]
+
+
+def test_paired_interval_is_narrower_than_the_unpaired_one():
+    rng = np.random.default_rng(1)
+    patients = np.repeat(np.arange(80), 3)
+    labels = rng.integers(0, 2, 240)
+    base = rng.random(240) < 0.7
+    flipped = base.copy()
+    flipped[rng.choice(240, 12, replace=False)] = True  # the leaky model gets 12 more right, on the same images
+    free = _predictions(labels, np.eye(2)[np.where(base, labels, 1 - labels)], patients, "t")
+    leaky = _predictions(labels, np.eye(2)[np.where(flipped, labels, 1 - labels)], patients, "t")
+    summary = evaluate(EvaluationInputs(leak_free=free, leaky=leaky, class_names=["a", "b"],
+                                        leaky_shared_patients=0, resamples=400))
+    effect = summary["leak_effect_top1"]
+    free_row = summary["rows"][LEAK_FREE_SHARED]["metrics"]["top1"]
+    assert effect["high"] - effect["low"] < (free_row["high"] - free_row["low"]) / 2
+    assert effect["moved"]

@@ -1,4 +1,4 @@
-"""A contact sheet of the closest cross-split pairs, so a person can confirm them by eye."""
+"""A contact sheet of leaked images beside their twins, a few per leak reason, so a person can confirm them by eye."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import polars as pl
 from PIL import Image, ImageDraw, ImageFont
 
 from leakage_pipeline.audit import image_source
-from leakage_pipeline.audit.matching import closeness
+from leakage_pipeline.audit.leak_reasons import LEAK_REASONS
 
 _THUMB = 160
 _CAPTION = 46
@@ -28,35 +28,38 @@ def _thumbnail(location: str) -> Image.Image:
         return placeholder
 
 
-def closest_pairs(pairs: pl.DataFrame, limit: int) -> pl.DataFrame:
-    return pairs.with_columns(closeness=closeness()).sort(["sha256_equal", "closeness", "phash_distance"], descending=[True, False, False], nulls_last=True).head(limit)
+def montage_examples(reasons: pl.DataFrame, images: pl.DataFrame, per_reason: int) -> pl.DataFrame:
+    """Up to ``per_reason`` examples of each leak reason that has images, the closest pairs first,
+    each with the image's own split, label and patient beside its partner's."""
+    sides = images.select("location", "split", "label", "patient_id")
+    return pl.concat([
+        reasons.filter(pl.col("reason") == reason).sort("distance", "location", nulls_last=True).head(per_reason)
+        for reason in LEAK_REASONS
+    ]).join(sides, on="location", how="left", maintain_order="left")
 
 
-def write_montage(pairs: pl.DataFrame, path: Path, limit: int = 24, columns: int = 2) -> int:
-    """Draw up to ``limit`` closest pairs (query left, reference right), ``columns`` pairs per row.
-
-    Returns how many pairs were drawn; with none, a small image says so.
-    """
-    chosen = closest_pairs(pairs, limit)
+def write_montage(examples: pl.DataFrame, path: Path, columns: int = 2) -> int:
+    """Draw each example (the leaked image left, its partner right), ``columns`` pairs per row, captioned
+    with the reason and its evidence. Returns how many were drawn; with none, a small image says so."""
     font = ImageFont.load_default()
     cell_w, cell_h = 2 * _THUMB + 3 * _PAD, _THUMB + _CAPTION + 2 * _PAD
-    rows = max(1, -(-chosen.height // columns))
+    rows = max(1, -(-examples.height // columns))
     sheet = Image.new("RGB", (cell_w * columns, cell_h * rows), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    if chosen.height == 0:
-        draw.text((_PAD, _PAD), "no cross-split pairs found", fill=(0, 0, 0), font=font)
-    for index, pair in enumerate(chosen.iter_rows(named=True)):
+    if examples.height == 0:
+        draw.text((_PAD, _PAD), "no leaked image found", fill=(0, 0, 0), font=font)
+    for index, example in enumerate(examples.iter_rows(named=True)):
         x0, y0 = (index % columns) * cell_w, (index // columns) * cell_h
-        for side, offset in (("query", _PAD), ("reference", 2 * _PAD + _THUMB)):
-            sheet.paste(_thumbnail(pair[f"{side}_location"]), (x0 + offset, y0 + _PAD))
+        for prefix, offset in (("", _PAD), ("partner_", 2 * _PAD + _THUMB)):
+            sheet.paste(_thumbnail(example[f"{prefix}location"]), (x0 + offset, y0 + _PAD))
             draw.text(
                 (x0 + offset, y0 + _PAD + _THUMB + 2),
-                f"{pair[f'{side}_split']} | {pair[f'{side}_label']}\n{pair[f'{side}_patient_id']}"[:60],
+                f"{example[f'{prefix}split']} | {example[f'{prefix}label']}\n{example[f'{prefix}patient_id']}"[:60],
                 fill=(0, 0, 0), font=font,
             )
-        distance = "identical bytes" if pair["sha256_equal"] else \
-            f"pHash {pair['phash_distance']}  dHash {pair['dhash_distance']}"
-        draw.text((x0 + _PAD, y0 + _PAD + _THUMB + 30), distance, fill=(200, 0, 0), font=font)
+        caption = example["reason"].replace("_", " ") + (
+            "" if example["distance"] is None else f", distance {example['distance']}")
+        draw.text((x0 + _PAD, y0 + _PAD + _THUMB + 30), caption, fill=(200, 0, 0), font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
-    return chosen.height
+    return examples.height

@@ -2,8 +2,9 @@
 
 Everything here is a pure function of polars frames; the result is a JSON-ready dict and a
 markdown rendering of it. The sections are the ones a reviewer asks for, in this order:
-counts, split integrity, threshold table, label agreement against chance, the patients
-behind the matches, the flagged query images, and the verdict on the headline metric.
+counts and coverage, split integrity, threshold table, label agreement against chance, the
+identities behind the matches, the flagged images with their leak reasons, and the verdict on
+the headline metric, which counts every test image with at least one reason.
 """
 
 from __future__ import annotations
@@ -13,24 +14,31 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from leakage_pipeline.audit.integrity import IntegrityFindings
-from leakage_pipeline.audit.matching import PERCEPTUAL_HASHES, closeness
+from leakage_pipeline.audit.identity import identities, identity_clusters, identity_edges
 from leakage_pipeline.audit.image_hashing import STATUS_OK
+from leakage_pipeline.audit.integrity import IntegrityFindings
+from leakage_pipeline.audit.leak_reasons import LEAK_REASONS, flagged_images, leak_reasons
+from leakage_pipeline.audit.matching import PERCEPTUAL_HASHES
 
 SHA256 = "sha256"
 # A hash whose matched pairs agree on the label barely more than random pairs do is matching
-# by coincidence. Kappa = (agreement - chance) / (1 - chance): 0 is chance, 1 is perfect.
-COINCIDENCE_KAPPA = 0.5
+# by coincidence. Kappa = (agreement - chance) / (1 - chance): 0 is chance, 1 is perfect. When true
+# duplicates share their label and false matches agree by chance, kappa estimates the share of
+# matched pairs that are true duplicates, so a radius is trusted only while that is at least 0.9:
+# the verdict must not count coincidences as leakage.
+COINCIDENCE_KAPPA = 0.9
 # Below this many pairs the agreement of a hash at a radius is not judged.
 MIN_PAIRS_TO_JUDGE = 10
 _EXAMPLES = 20
+_Z95 = 1.959964
 
 
 @dataclass(frozen=True)
 class AuditReport:
     report: dict  # JSON-ready sections
-    flagged: pl.DataFrame  # one row per query image with a trusted match
-    informative_pairs: pl.DataFrame  # the pairs judged: all but those between blank frames
+    reasons: pl.DataFrame  # one row per (image, leak reason) with its evidence
+    flagged: pl.DataFrame  # one row per image of a later split with at least one leak reason
+    identities: pl.DataFrame  # each patient id with its identity (ids tied by duplicates or case ids)
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,8 @@ class ReportSettings:
     min_detail: float = 3.0
     # Fixed trusted radius per hash; a hash left out gets one chosen from label agreement.
     trusted_radius: dict[str, int] | None = None
+    # Below this share of readable test images the audit cannot vouch for the test split.
+    min_test_coverage: float = 0.9
 
 
 def _records(frame: pl.DataFrame, limit: int | None = None) -> list[dict]:
@@ -57,6 +67,10 @@ def _criteria(radii: tuple[int, ...]) -> list[tuple[str, int | None]]:
     return [(SHA256, None)] + [(name, r) for name in PERCEPTUAL_HASHES for r in radii]
 
 
+def _readable() -> pl.Expr:
+    return pl.col("status") == STATUS_OK
+
+
 def count_table(images: pl.DataFrame) -> dict:
     return {
         "images": images.height,
@@ -66,9 +80,20 @@ def count_table(images: pl.DataFrame) -> dict:
     }
 
 
+def coverage_table(images: pl.DataFrame, split_order: list[str]) -> list[dict]:
+    """Per split: images listed, images read (hashed), and those not audited because they could not be read."""
+    rows = []
+    for split in split_order:
+        listed = images.filter(pl.col("split") == split)
+        read = listed.filter(_readable()).height
+        rows.append({"split": split, "images": listed.height, "read": read, "not_audited": listed.height - read,
+                     "read_share": read / listed.height if listed.height else None})
+    return rows
+
+
 def threshold_table(images: pl.DataFrame, pairs: pl.DataFrame, split_order: list[str], radii) -> list[dict]:
-    """Per criterion and query split: images with a match in an earlier split, and their share."""
-    totals = dict(images.group_by("split").len().iter_rows())
+    """Per criterion and query split: readable images with a match in an earlier split, and their share."""
+    totals = dict(images.filter(_readable()).group_by("split").len().iter_rows())
     rows = []
     for criterion, radius in _criteria(radii):
         matched = _matched(pairs, criterion, radius)
@@ -86,7 +111,7 @@ def threshold_table(images: pl.DataFrame, pairs: pl.DataFrame, split_order: list
 
 def label_chance(images: pl.DataFrame) -> float:
     """Probability that two images drawn at random share a label: sum of squared label shares."""
-    shares = images.filter(pl.col("status") == STATUS_OK)["label"].value_counts(normalize=True)
+    shares = images.filter(_readable())["label"].value_counts(normalize=True)
     return float((shares["proportion"] ** 2).sum())
 
 
@@ -137,8 +162,14 @@ def trusted_radii(agreement: list[dict], settings: ReportSettings) -> dict[str, 
     return trusted
 
 
+def _between_blank_frames(min_detail: float) -> pl.Expr:
+    """Pairs whose perceptual hashes mean nothing: a side is a blank frame and the bytes differ."""
+    return (pl.min_horizontal("query_detail", "reference_detail") < min_detail) & ~pl.col("sha256_equal")
+
+
 def trusted_pairs(pairs: pl.DataFrame, trusted: dict[str, int | None]) -> pl.DataFrame:
-    """Pairs that match on bytes or on a hash within its trusted radius, with the reason."""
+    """Pairs that match on bytes or on a hash within its trusted radius, with the reason (blank-frame
+    pairs excluded beforehand, see :func:`informative_trusted_pairs`)."""
     condition = pl.col("sha256_equal")
     for name, radius in trusted.items():
         if radius is not None:
@@ -150,44 +181,9 @@ def trusted_pairs(pairs: pl.DataFrame, trusted: dict[str, int | None]) -> pl.Dat
     return pairs.filter(condition).with_columns(matched_by=reason.otherwise(None))
 
 
-def flagged_images(trusted: pl.DataFrame) -> pl.DataFrame:
-    """One row per query image with a trusted match: its closest match and how many it has."""
-    ranked = trusted.with_columns(
-        closeness=closeness(),
-    ).sort(["query_location", "sha256_equal", "closeness"], descending=[False, True, False])
-    return (
-        ranked.group_by("query_location", maintain_order=True)
-        .agg(
-            pl.col("query_image_uri", "query_split", "query_patient_id", "query_label").first(),
-            pl.col("reference_image_uri", "reference_split", "reference_patient_id", "reference_label",
-                   "matched_by", "sha256_equal", "phash_distance", "dhash_distance").first(),
-            pl.len().alias("matches"),
-        )
-        .rename({"query_location": "location"})
-        .sort("query_split", "query_image_uri")
-    )
-
-
-def _clusters(edges: list[tuple[str, str]]) -> list[list[str]]:
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in edges:
-        parent[find(a)] = find(b)
-    groups: dict[str, list[str]] = {}
-    for node in parent:
-        groups.setdefault(find(node), []).append(node)
-    return sorted((sorted(g) for g in groups.values()), key=lambda g: (-len(g), g))
-
-
-def patient_links(trusted: pl.DataFrame) -> dict:
-    """Distinct patient ids whose images match across splits: one person under two ids, or a shared source."""
+def patient_links(trusted: pl.DataFrame, identity_table: pl.DataFrame) -> dict:
+    """Distinct patient ids whose images match across splits (one person under two ids, or a shared
+    source), and the identities of more than two ids."""
     linked = trusted.filter(pl.col("query_patient_id") != pl.col("reference_patient_id"))
     pairs = (
         linked.group_by("query_patient_id", "query_split", "reference_patient_id", "reference_split")
@@ -199,47 +195,130 @@ def patient_links(trusted: pl.DataFrame) -> dict:
         )
         .sort("matched_pairs", descending=True)
     )
-    edges = list(zip(pairs["query_patient_id"].to_list(), pairs["reference_patient_id"].to_list(), strict=True))
     return {
         "pairs": _records(pairs),
-        "clusters": [c for c in _clusters(edges) if len(c) > 2],
+        "identities_with_several_ids": len(identity_clusters(identity_table)),
+        "clusters": [c for c in identity_clusters(identity_table) if len(c) > 2],
     }
 
 
-def verdict(images: pl.DataFrame, flagged: pl.DataFrame, findings: IntegrityFindings, test_split: str) -> dict:
-    """How much of the test set leaked, and what that bounds for top-1 accuracy."""
-    test_images = images.filter(pl.col("split") == test_split).height
-    leaked = flagged.filter(pl.col("query_split") == test_split).height
-    share = leaked / test_images if test_images else 0.0
-    # The widest 95% interval a top-1 accuracy on this many images can have (at 50%).
-    noise = 1.96 * math.sqrt(0.25 / test_images) if test_images else 1.0
+VERDICT_CLEAN = "clean"
+VERDICT_LEAKED = "leaked"
+VERDICT_CANNOT_VOUCH = "cannot_vouch"
+VERDICT_NOTHING_TO_AUDIT = "nothing_to_audit"
+_REASON_WORDS = {"same_patient": "same patient", "linked_patient": "linked patient", "exact_copy": "exact copy",
+                 "near_duplicate": "near-duplicate", "same_subject": "same subject"}
+
+
+def wilson_interval(hits: int, total: int) -> tuple[float, float]:
+    """95% Wilson score interval of the share ``hits / total`` (sound at 0 and at small totals)."""
+    share = hits / total
+    centre = (share + _Z95**2 / (2 * total)) / (1 + _Z95**2 / total)
+    half = _Z95 * math.sqrt(share * (1 - share) / total + _Z95**2 / (4 * total**2)) / (1 + _Z95**2 / total)
+    # At 0 and at 1 the bound is exact; the formula only gets there up to rounding.
+    return (0.0 if hits == 0 else centre - half), (1.0 if hits == total else centre + half)
+
+
+def _reason_breakdown(per_reason: dict[str, int]) -> str:
+    return ", ".join(f"{count} {_REASON_WORDS[reason]}" for reason, count in per_reason.items() if count)
+
+
+def verdict(
+    images: pl.DataFrame, flagged: pl.DataFrame, findings: IntegrityFindings, split_order: list[str],
+    settings: ReportSettings, patient_ids_given: bool,
+) -> dict:
+    """How much of the readable test set leaked, for any reason, and what that bounds for top-1 accuracy.
+
+    Shares are over the test images that were read; the unread are "not audited", never clean.
+    """
+    test_split, earlier = split_order[-1], " or ".join(split_order[:-1])
+    listed = images.filter(pl.col("split") == test_split).height
+    read = images.filter((pl.col("split") == test_split) & _readable()).height
+    leaked_test = flagged.filter((pl.col("split") == test_split) & _readable())
+    leaked = leaked_test.height
+    per_reason = {reason: leaked_test.filter(pl.col("reasons").list.contains(reason)).height
+                  for reason in LEAK_REASONS}
+    overlap = dict(
+        leaked_test.group_by(pl.col("reasons").list.join(" + ").alias("reasons")).len().sort("reasons").iter_rows())
     spanning = findings.patients_spanning_splits.height
-    text = (
-        f"{leaked} of {test_images} {test_split} images ({share:.1%}) have a trusted near-duplicate in an "
-        f"earlier split. Removing them cannot move top-1 accuracy by more than {share * 100:.1f} points"
-    )
-    if share > noise:
-        text += f", which exceeds the ±{noise * 100:.1f}-point sampling noise of {test_images} images: " \
-                "leakage can move the headline metric."
-    else:
-        text += f", within the ±{noise * 100:.1f}-point sampling noise of {test_images} images: " \
-                "leakage cannot move the headline metric beyond its noise."
-    if spanning:
-        text += f" {spanning} patient(s) have images in more than one split: the split itself leaks, " \
-                "and training on it is blocked until it is fixed."
-    return {
-        "test_split": test_split, "test_images": test_images, "leaked_test_images": leaked,
-        "leaked_share": share, "max_top1_shift_points": share * 100, "sampling_noise_points": noise * 100,
-        "can_move_metric": share > noise or spanning > 0,
-        "patients_spanning_splits": spanning, "text": text,
-    }
+    coverage = read / listed if listed else None
+    share = leaked / read if read else None
+    interval = wilson_interval(leaked, read) if read else None
+    noise = _Z95 * math.sqrt(0.25 / read) if read else None  # the widest 95% interval of a top-1 accuracy
 
+    sentences = []
+    if not patient_ids_given:
+        sentences.append("Patient ids were not given, so the same patient across splits cannot be checked: each "
+                         "image counts as its own patient (or its case id), and the count below is a lower bound.")
+    if not listed:
+        status = VERDICT_NOTHING_TO_AUDIT
+        sentences.append(f"The manifest has no {test_split} images: there is nothing to audit against.")
+    else:
+        status = VERDICT_LEAKED if leaked else VERDICT_CLEAN
+        if coverage < settings.min_test_coverage:
+            status = VERDICT_CANNOT_VOUCH
+            sentences.append(
+                f"The audit cannot vouch for the {test_split} split: only {read} of {listed} {test_split} images "
+                f"({coverage:.1%}) could be read, under the {settings.min_test_coverage:.0%} it needs; the images "
+                f"it could not read are not audited.")
+        if leaked:
+            sentences.append(
+                f"{leaked} of {read} {test_split} images ({share:.1%}, 95% CI {interval[0]:.1%}–{interval[1]:.1%}) "
+                f"show a patient or image that is also in {earlier}: {_reason_breakdown(per_reason)} "
+                f"(an image can have several reasons).")
+            beyond = share > noise
+            sentences.append(
+                f"Removing them could move top-1 accuracy by up to {share * 100:.1f} points, "
+                + (f"which exceeds the ±{noise * 100:.1f}-point sampling noise of {read} images: leakage can move "
+                   "the headline metric." if beyond else
+                   f"within the ±{noise * 100:.1f}-point sampling noise of {read} images: leakage cannot move the "
+                   "headline metric beyond its noise."))
+        elif read:
+            sentences.append(f"None of the {read} {test_split} images read shows a patient or image that is also "
+                             f"in {earlier}: no leakage into the {test_split} split was found.")
+        if status != VERDICT_CANNOT_VOUCH and read < listed:
+            sentences.append(f"{listed - read} of {listed} {test_split} images could not be read and are not audited.")
+    if spanning:
+        sentences.append(f"{spanning} patient(s) have images in more than one split.")
+    can_move = None if status in (VERDICT_NOTHING_TO_AUDIT, VERDICT_CANNOT_VOUCH) else bool(share > noise)
+    return {
+        "status": status, "test_split": test_split, "test_images": listed, "test_images_read": read,
+        "coverage": coverage, "leaked_test_images": leaked, "leaked_share": share,
+        "leaked_share_interval": list(interval) if interval else None, "per_reason": per_reason,
+        "reason_overlap": overlap, "max_top1_shift_points": share * 100 if share is not None else None,
+        "sampling_noise_points": noise * 100 if noise is not None else None, "can_move_metric": can_move,
+        "patients_spanning_splits": spanning, "patient_ids_given": patient_ids_given,
+        "text": " ".join(sentences),
+    }
 
 def integrity_section(findings: IntegrityFindings) -> dict:
     return {
         name: {"count": table.height, "examples": _records(table, _EXAMPLES)} if name != "counts"
         else _records(table)
         for name, table in findings.tables().items()
+    }
+
+
+def patient_ids_given(images: pl.DataFrame) -> bool:
+    """False when the manifest had no patient ids and each image (or case) stands in for its patient."""
+    return "identity_level" not in images.columns or bool((images["identity_level"] == "patient").all())
+
+
+def informative_trusted_pairs(pairs: pl.DataFrame, trusted: dict[str, int | None], min_detail: float) -> pl.DataFrame:
+    """The trusted pairs among those not between blank frames: the pairs that count as leakage."""
+    return trusted_pairs(pairs.filter(~_between_blank_frames(min_detail)), trusted)
+
+
+def flagged_section(flagged: pl.DataFrame, split_order: list[str]) -> dict:
+    return {
+        "count": flagged.height,
+        "per_split": {split: flagged.filter(pl.col("split") == split).height for split in split_order[1:]},
+        "per_split_reason": {
+            split: {reason: flagged.filter((pl.col("split") == split) & pl.col("reasons").list.contains(reason)).height
+                    for reason in LEAK_REASONS}
+            for split in split_order[1:]
+        },
+        "images": _records(flagged),
     }
 
 
@@ -250,23 +329,27 @@ def build_report(
     split_order: list[str],
     settings: ReportSettings = ReportSettings(),
 ) -> AuditReport:
-    """The report, the flagged images and the pairs it judged.
+    """The report, every leak reason, the flagged images and the identities.
 
-    ``images``: one row per manifest image with SIDE_COLUMNS, status and detail; ``pairs``:
-    from :func:`leakage_pipeline.audit.matching.cross_split_pairs`. Pairs between blank
-    frames are set aside (counted under ``blank_frames``) unless their bytes are equal.
+    ``images``: one row per manifest image with SIDE_COLUMNS, case_id, status, sha256, phash, dhash
+    and detail; ``pairs``: from :func:`leakage_pipeline.audit.matching.cross_split_pairs`. Pairs
+    between blank frames are set aside (counted under ``blank_frames``) unless their bytes are equal.
     """
     chance = label_chance(images)
-    blank = pl.min_horizontal("query_detail", "reference_detail") < settings.min_detail
-    blank_pairs = pairs.filter(blank & ~pl.col("sha256_equal"))
-    pairs = pairs.filter(~blank | pl.col("sha256_equal"))
+    blank_pairs = pairs.filter(_between_blank_frames(settings.min_detail))
+    pairs = pairs.filter(~_between_blank_frames(settings.min_detail))
     agreement = label_agreement_table(pairs, chance, settings.radii)
     trusted = trusted_radii(agreement, settings)
     kept = trusted_pairs(pairs, trusted)
-    flagged = flagged_images(kept)
+    identity_table = identities(images["patient_id"], identity_edges(images, kept))
+    reasons = leak_reasons(images, kept, identity_table, split_order)
+    flagged = flagged_images(images, reasons)
+    ids_given = patient_ids_given(images)
     report = {
         "splits": split_order,
+        "patient_ids_given": ids_given,
         "counts": count_table(images),
+        "coverage": coverage_table(images, split_order),
         "split_integrity": integrity_section(findings),
         "thresholds": threshold_table(images, pairs, split_order, settings.radii),
         "label_agreement": agreement,
@@ -277,9 +360,8 @@ def build_report(
         },
         "coincidental_hashes": sorted({r["criterion"] for r in agreement if r["coincidental"]}),
         "trusted_radius": trusted,
-        "patient_links": patient_links(kept),
-        "flagged": {"count": flagged.height, "per_split": dict(flagged.group_by("query_split").len().iter_rows()),
-                    "images": _records(flagged.drop("location"))},
-        "verdict": verdict(images, flagged, findings, split_order[-1]),
+        "patient_links": patient_links(kept, identity_table),
+        "flagged": flagged_section(flagged, split_order),
+        "verdict": verdict(images, flagged, findings, split_order, settings, ids_given),
     }
-    return AuditReport(report=report, flagged=flagged, informative_pairs=pairs)
+    return AuditReport(report=report, reasons=reasons, flagged=flagged, identities=identity_table)

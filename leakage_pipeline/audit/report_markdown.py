@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from leakage_pipeline.audit.leak_reasons import LEAK_REASONS
+
 # Long lists are cut here in markdown; leakage_audit.json has every row.
 _SHOWN_ROWS = 20
 
@@ -39,11 +41,26 @@ def report_markdown(report: dict) -> str:
     counts = report["counts"]
     agreement = report["label_agreement"]
     links = report["patient_links"]
-    parts = [
-        "# Leakage audit",
+    parts = ["# Leakage audit"]
+    if not report["patient_ids_given"]:
+        parts.append("**Patient-level leakage cannot be checked:** the manifest gives no patient ids, so each image "
+                     "(or case id) stands in for its patient, and the verdict is a lower bound.")
+    flagged = report["flagged"]
+    parts += [
         f"**Verdict.** {verdict['text']}",
-        "## Counts",
-        _table(["split", "images"], [[k, v] for k, v in counts["per_split"].items()]),
+        "## Leak reasons",
+        "Images of each later split with a twin in an earlier one, per reason (an image can have several).",
+        _table(["split", *LEAK_REASONS, "any reason"],
+               [[split, *by_reason.values(), flagged["per_split"][split]]
+                for split, by_reason in flagged["per_split_reason"].items()]),
+        _table(["reasons (test images read)", "images"], [[k, v] for k, v in verdict["reason_overlap"].items()])
+        if verdict["reason_overlap"] else "",
+        "## Coverage",
+        "Images read (hashed) per split. Images that could not be read are not audited: they are never counted "
+        "as clean, and shares are over the images read.",
+        _table(["split", "images", "read", "not audited", "read share"],
+               [[r["split"], r["images"], r["read"], r["not_audited"],
+                 "–" if r["read_share"] is None else f"{r['read_share']:.1%}"] for r in report["coverage"]]),
         _table(["status", "images"], [[k, v] for k, v in counts["per_status"].items()]),
         "## Split integrity (from the manifest alone)",
         _table(
@@ -80,7 +97,9 @@ def report_markdown(report: dict) -> str:
             for name, radius in report["trusted_radius"].items()
         ) + " (sha256 always)."
     )
-    parts += ["## Patients linked across splits by their images"]
+    parts += ["## Patients linked across splits by their images",
+              f"{links['identities_with_several_ids']} identities hold more than one patient id (tied by exact "
+              "copies, trusted near-duplicates in any splits, or a shared case id)."]
     parts.append(
         _table(
             ["query patient", "split", "reference patient", "split", "query images", "pairs", "same label"],
@@ -90,14 +109,12 @@ def report_markdown(report: dict) -> str:
     )
     if links["clusters"]:
         parts.append("Clusters of more than two ids: " + "; ".join("{" + ", ".join(c) + "}" for c in links["clusters"]))
-    flagged = report["flagged"]
     parts += [
-        f"## Flagged query images ({flagged['count']})",
+        f"## Flagged images ({flagged['count']})",
         _table(
-            ["image", "split", "patient", "closest match", "split", "patient", "by", "pHash", "dHash"],
-            [[r["query_image_uri"], r["query_split"], r["query_patient_id"], r["reference_image_uri"],
-              r["reference_split"], r["reference_patient_id"], r["matched_by"], r["phash_distance"],
-              r["dhash_distance"]] for r in flagged["images"][:_SHOWN_ROWS]],
+            ["image", "split", "patient", "reasons", "evidence"],
+            [[r["image_uri"], r["split"], r["patient_id"], r["reasons"],
+              "; ".join(e["evidence"] for e in r["evidence"])] for r in flagged["images"][:_SHOWN_ROWS]],
         ) if flagged["images"] else "None.",
     ]
-    return "\n\n".join(parts) + "\n"
+    return "\n\n".join(part for part in parts if part) + "\n"

@@ -20,6 +20,7 @@ from leakage_pipeline.audit.manifest import ManifestError
 POLICY_KEEP = "keep"
 POLICY_ASSIGN = "assign"
 SPLIT_POLICIES = (POLICY_KEEP, POLICY_ASSIGN)
+MOVED_WITH_IDENTITY = "moved_with_identity"  # split_source of an image the leak-free split moved
 
 
 @dataclass(frozen=True)
@@ -99,17 +100,67 @@ def assign_splits(
     )
 
 
-def image_level_splits(frame: pl.DataFrame, sizes: dict[str, int], seed: int) -> pl.DataFrame:
-    """The split a careless pipeline makes: images shuffled and cut to ``sizes``, patients ignored.
+def identities_whole(
+    assignments: pl.DataFrame, identity_table: pl.DataFrame, split_order: list[str],
+    ledger: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """The split with every identity whole: all images of one identity (patient ids tied by duplicate
+    images or a shared case id, see :mod:`leakage_pipeline.audit.identity`) in one split.
 
-    ``sizes`` must add up to the frame's height; it is the leaky contrast to a patient-level split.
+    Each identity goes where most of its images already are (ties: the earlier split), so a split
+    that was already leak-free is unchanged and a leaky one moves as few images as it can. It is
+    stable as data grows: ``ledger`` holds an earlier leak-free split's (patient_id, split), and
+    those placements count before the current ones.
     """
-    if sum(sizes.values()) != frame.height:
-        raise ValueError(f"split sizes {sizes} do not add up to the {frame.height} images")
-    shuffled = np.random.default_rng(seed).permutation(frame.height)
-    names = np.repeat(np.array(list(sizes), dtype=object), list(sizes.values()))
-    split = np.empty(frame.height, dtype=object)
-    split[shuffled] = names
+    rank = {name: index for index, name in enumerate(split_order)}
+    frame = assignments.join(identity_table, on="patient_id", how="left", maintain_order="left").with_columns(
+        identity=pl.col("identity").fill_null(pl.col("patient_id")))
+    if ledger is not None and ledger.height:
+        frame = frame.join(ledger.select("patient_id", ledger_split="split").unique("patient_id"),
+                           on="patient_id", how="left", maintain_order="left")
+    else:
+        frame = frame.with_columns(ledger_split=pl.lit(None, pl.String))
+    placed = (
+        frame.with_columns(
+            from_ledger=pl.col("ledger_split").is_not_null(),
+            candidate=pl.coalesce("ledger_split", "split"),
+        )
+        .group_by("identity", "from_ledger", "candidate").len("images")
+        .with_columns(rank=pl.col("candidate").replace_strict(rank, return_dtype=pl.Int32))
+        .sort(["identity", "from_ledger", "images", "rank"], descending=[False, True, True, False])
+        .group_by("identity", maintain_order=True).first()
+        .select("identity", leak_free_split="candidate")
+    )
+    return (
+        frame.join(placed, on="identity", maintain_order="left")
+        .with_columns(
+            split_source=pl.when(pl.col("leak_free_split") == pl.col("split")).then(pl.col("split_source"))
+            .otherwise(pl.lit(MOVED_WITH_IDENTITY)),
+            split=pl.col("leak_free_split"),
+        )
+        .select(*assignments.columns, "identity")
+    )
+
+
+def leaky_split(frame: pl.DataFrame, split_order: list[str], seed: int) -> pl.DataFrame:
+    """The leak a careless image-level split makes, applied to a leak-free split: about half of each
+    test patient's images (rounded down) move to the training split, and as many random training
+    images move to test so that the split sizes stay the same.
+
+    The test images that stay are the ones a leak-free and a leaky model can be compared on: neither
+    trained on them, but the leaky model saw their patients' other images.
+    """
+    train, test = split_order[0], split_order[-1]
+    rng = np.random.default_rng(seed)
+    indexed = frame.with_row_index("_index")
+    to_train = []
+    for indices in indexed.filter(pl.col("split") == test).group_by("patient_id", maintain_order=True).agg(
+            "_index")["_index"].to_list():
+        to_train += rng.choice(indices, len(indices) // 2, replace=False).tolist()
+    train_rows = indexed.filter(pl.col("split") == train)["_index"].to_numpy()
+    to_test = rng.choice(train_rows, min(len(to_train), len(train_rows)), replace=False).tolist()
+    split = np.array(frame["split"].to_list(), dtype=object)
+    split[to_train], split[to_test] = train, test
     return frame.with_columns(split=pl.Series(split.tolist(), dtype=pl.String))
 
 

@@ -4,6 +4,7 @@ Each asset calls the plain-Python core, writes its own file under the output dir
 returns a MaterializeResult whose metadata is what a person wants to see in the UI.
 """
 
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -16,10 +17,11 @@ from leakage_pipeline.audit.image_source import resolve_uri
 from leakage_pipeline.audit.integrity import check_split_integrity
 from leakage_pipeline.audit.manifest import load_manifest
 from leakage_pipeline.audit.matching import cross_split_pairs, split_pairs
-from leakage_pipeline.audit.montage import write_montage
-from leakage_pipeline.audit.report import build_report
+from leakage_pipeline.audit.montage import montage_examples, write_montage
+from leakage_pipeline.audit.report import AuditReport, ReportSettings, build_report
 from leakage_pipeline.audit.report_markdown import report_markdown, threshold_markdown
-from leakage_pipeline.audit.splitting import POLICY_ASSIGN, POLICY_KEEP, assign_splits, keep_splits
+from leakage_pipeline.audit.leak_free_split import leak_free_split as leak_free_split_of
+from leakage_pipeline.audit.splitting import MOVED_WITH_IDENTITY, POLICY_ASSIGN, POLICY_KEEP, assign_splits, keep_splits
 from leakage_pipeline.defs.output_files import OutputFiles, write_json, write_parquet, write_text
 from leakage_pipeline.defs.settings import SPLIT_NAMES, AuditSettings
 
@@ -155,12 +157,17 @@ def image_hashes(context: dg.AssetExecutionContext, audit: AuditSettings) -> dg.
     })
 
 
-def load_audited_images(files: OutputFiles) -> pl.DataFrame:
-    """Split assignments joined with each image's hash row (the current hashes of every split)."""
-    assignments = pl.read_parquet(files.split_assignments)
-    hashes = pl.concat([pl.read_parquet(files.image_hashes(split)) for split in SPLIT_NAMES
-                        if files.image_hashes(split).exists()])
-    return assignments.join(hashes, on="location", how="left")
+def load_hashes(files: OutputFiles) -> pl.DataFrame:
+    """The current hashes of every split."""
+    return pl.concat([pl.read_parquet(files.image_hashes(split)) for split in SPLIT_NAMES
+                      if files.image_hashes(split).exists()])
+
+
+def load_audited_images(files: OutputFiles, assignments: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Split assignments (default: the audited split's) joined with each image's hash row."""
+    if assignments is None:
+        assignments = pl.read_parquet(files.split_assignments)
+    return assignments.join(load_hashes(files), on="location", how="left", maintain_order="left")
 
 
 @dg.asset(group_name=GROUP, deps=[image_hashes, split_assignments], kinds={"numba", "parquet"})
@@ -184,35 +191,95 @@ def near_duplicate_pairs(context: dg.AssetExecutionContext, audit: AuditSettings
     })
 
 
+def _write_report(audit_report: AuditReport, images: pl.DataFrame, files: OutputFiles, montage_per_reason: int) -> int:
+    """Write the report files of one audited split; return how many montage examples were drawn."""
+    report = audit_report.report
+    write_json(report, files.report_json)
+    write_text(report_markdown(report), files.report_markdown)
+    write_json(audit_report.flagged.filter(pl.col("split") == SPLIT_NAMES[-1]).to_dicts(), files.flagged_test_images)
+    return write_montage(montage_examples(audit_report.reasons, images, montage_per_reason), files.montage)
+
+
+def _report_metadata(report: dict, files: OutputFiles, drawn: int) -> dict:
+    verdict = report["verdict"]
+    return {
+        "verdict": verdict["text"],
+        "verdict_status": verdict["status"],
+        "leaked_test_images": verdict["leaked_test_images"],
+        "leaked_test_share": verdict["leaked_share"],
+        "test_images_read": f"{verdict['test_images_read']} of {verdict['test_images']}",
+        "leaked_test_images_per_reason": dg.MetadataValue.json(verdict["per_reason"]),
+        "leak_reason_overlap": dg.MetadataValue.json(verdict["reason_overlap"]),
+        "flagged_images": report["flagged"]["count"],
+        "patients_spanning_splits": verdict["patients_spanning_splits"],
+        "patient_ids_given": report["patient_ids_given"],
+        "coincidental_hashes": ", ".join(report["coincidental_hashes"]) or "none",
+        "thresholds": dg.MetadataValue.md(threshold_markdown(report)),
+        "report": dg.MetadataValue.md(report_markdown(report)),
+        "montage_examples": drawn,
+        "report_dir": dg.MetadataValue.path(str(files.report_dir)),
+    }
+
+
 @dg.asset(group_name=GROUP, deps=[near_duplicate_pairs, split_integrity, image_hashes], kinds={"json", "markdown"})
 def leakage_report(context: dg.AssetExecutionContext, audit: AuditSettings) -> dg.MaterializeResult:
-    """The audit's answer: thresholds, label agreement, linked patients, flagged images, montage, verdict."""
+    """The audit's answer: coverage, thresholds, label agreement, identities, every leaked image with its
+    reasons, a montage per reason, and the verdict."""
     files = OutputFiles(audit.output_dir)
     images = load_audited_images(files)
     pairs = pl.read_parquet(files.near_duplicate_pairs)
     # Recomputed from the assignments (cheap, reads no image) rather than parsed back from JSON.
     findings = check_split_integrity(pl.read_parquet(files.split_assignments))
     audit_report = build_report(images, pairs, findings, list(SPLIT_NAMES), audit.report_settings())
-    report, flagged = audit_report.report, audit_report.flagged
-    markdown = report_markdown(report)
-    test_split = SPLIT_NAMES[-1]
-    write_json(report, files.report_json)
-    write_text(markdown, files.report_markdown)
-    write_json(flagged.filter(pl.col("query_split") == test_split).to_dicts(), files.flagged_test_images)
-    drawn = write_montage(audit_report.informative_pairs, files.montage, limit=audit.montage_pairs)
-    verdict = report["verdict"]
-    context.log.info(verdict["text"])
+    write_parquet(audit_report.identities, files.identities)
+    drawn = _write_report(audit_report, images, files, audit.montage_per_reason)
+    context.log.info(audit_report.report["verdict"]["text"])
+    return dg.MaterializeResult(metadata=_report_metadata(audit_report.report, files, drawn))
+
+
+@dg.asset(group_name=GROUP, deps=[leakage_report], kinds={"polars", "parquet"})
+def leak_free_split(context: dg.AssetExecutionContext, audit: AuditSettings) -> dg.MaterializeResult:
+    """The audited split with every identity whole (linked patient ids together), where the leak-free
+    model trains; stable as data grows."""
+    files = OutputFiles(audit.output_dir)
+    ledger_path = files.leak_free.split_assignments
+    ledger = pl.read_parquet(ledger_path, columns=["patient_id", "split"]) if ledger_path.exists() else None
+    result = leak_free_split_of(
+        pl.read_parquet(files.split_assignments), load_hashes(files), pl.read_parquet(files.identities),
+        list(SPLIT_NAMES), json.loads(files.report_json.read_text())["trusted_radius"],
+        audit.report_settings().min_detail, ledger,
+    )
+    split = result.assignments
+    path = write_parquet(split, ledger_path)
+    moved = split.filter(pl.col("split_source") == MOVED_WITH_IDENTITY)
+    context.log.info(f"leak-free split: {moved.height} image(s) moved to keep their identity in one split "
+                     f"({result.rounds} placement round(s))")
     return dg.MaterializeResult(metadata={
-        "verdict": verdict["text"],
-        "leaked_test_share": verdict["leaked_share"],
-        "flagged_query_images": report["flagged"]["count"],
-        "patients_spanning_splits": verdict["patients_spanning_splits"],
-        "coincidental_hashes": ", ".join(report["coincidental_hashes"]) or "none",
-        "thresholds": dg.MetadataValue.md(threshold_markdown(report)),
-        "report": dg.MetadataValue.md(markdown),
-        "montage_pairs": drawn,
-        "report_dir": dg.MetadataValue.path(str(files.report_dir)),
+        "dagster/row_count": split.height,
+        "images_moved": moved.height,
+        "placement_rounds": result.rounds,
+        "per_split": _markdown_table(split.group_by("split").agg(
+            pl.len().alias("images"), pl.col("identity").n_unique().alias("identities")).sort("split")),
+        "path": dg.MetadataValue.path(str(path)),
     })
 
 
-AUDIT_ASSETS = [manifest, split_assignments, split_integrity, image_hashes, near_duplicate_pairs, leakage_report]
+@dg.asset(group_name=GROUP, deps=[leak_free_split, image_hashes], kinds={"json", "markdown"})
+def leak_free_audit(context: dg.AssetExecutionContext, audit: AuditSettings) -> dg.MaterializeResult:
+    """The leak-free split audited like any split, with the trusted radii of the audited split's report
+    (so that what linked identities there is judged the same way here)."""
+    files = OutputFiles(audit.output_dir)
+    split = pl.read_parquet(files.leak_free.split_assignments)
+    images = load_audited_images(files, split)
+    pairs = cross_split_pairs(images, list(SPLIT_NAMES), audit.max_radius)
+    write_parquet(pairs, files.leak_free.near_duplicate_pairs)
+    trusted = json.loads(files.report_json.read_text())["trusted_radius"]
+    settings = ReportSettings(radii=audit.report_settings().radii, trusted_radius=trusted)
+    audit_report = build_report(images, pairs, check_split_integrity(split), list(SPLIT_NAMES), settings)
+    drawn = _write_report(audit_report, images, files.leak_free, audit.montage_per_reason)
+    context.log.info(f"leak-free split: {audit_report.report['verdict']['text']}")
+    return dg.MaterializeResult(metadata=_report_metadata(audit_report.report, files.leak_free, drawn))
+
+
+AUDIT_ASSETS = [manifest, split_assignments, split_integrity, image_hashes, near_duplicate_pairs, leakage_report,
+                leak_free_split, leak_free_audit]

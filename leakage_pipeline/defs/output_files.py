@@ -10,7 +10,11 @@ import polars as pl
 
 
 class OutputFiles:
-    """The on-disk layout of one audit's outputs."""
+    """The on-disk layout of one audit's outputs.
+
+    The leak-free split is audited like any split, so its files (split assignments, pairs, report)
+    are laid out the same way under :attr:`leak_free`.
+    """
 
     def __init__(self, output_dir: str | Path):
         self.root = Path(output_dir)
@@ -37,6 +41,15 @@ class OutputFiles:
     @property
     def near_duplicate_pairs(self) -> Path:
         return self.root / "near_duplicate_pairs.parquet"
+
+    @property
+    def identities(self) -> Path:
+        """Each patient id with its identity (ids tied by duplicate images or a shared case id)."""
+        return self.root / "identities.parquet"
+
+    @property
+    def leak_free(self) -> OutputFiles:
+        return OutputFiles(self.root / "leak_free_split")
 
     @property
     def report_dir(self) -> Path:

@@ -36,7 +36,7 @@ class AuditSettings(dg.ConfigurableResource):
     radii: list[int] = [0, 2, 5, 8]
     hash_workers: int = 2
     hash_mode: str = HASH_MODE_EXACT  # or "fast": JPEGs decoded at reduced scale, hashes near the exact ones
-    montage_pairs: int = 24
+    montage_per_reason: int = 6  # montage examples of each leak reason
 
     def column_mapping(self) -> ColumnMapping:
         return ColumnMapping.parse(self.columns)

@@ -1,21 +1,19 @@
 """Training and evaluation as assets: image stores -> leak-free and leaky models -> evaluation.
 
 Both models train in their own process through Dagster Pipes (``training_process``), so the
-same job can later run in a GPU pod; its logs and metadata come back to this run. The leak-free
-model sits downstream of the report, whose blocking check stops it in the same run when a
-patient spans splits; launched on its own, it checks the split itself and refuses.
+same job can later run in a GPU pod; its logs and metadata come back to this run. Both train on
+the leak-free split (every identity whole), the leaky one after the leak a careless split makes;
+they sit downstream of the leak-free split's audit, whose blocking check stops them if it leaks.
 """
 
-import json
 import sys
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
-from leakage_pipeline.audit.integrity import check_split_integrity
-from leakage_pipeline.audit.splitting import image_level_splits, shared_patients
-from leakage_pipeline.defs.assets import image_hashes, leakage_report, split_assignments, split_partitioned_asset
+from leakage_pipeline.audit.splitting import leaky_split, shared_patients
+from leakage_pipeline.defs.assets import image_hashes, leak_free_audit, split_partitioned_asset
 from leakage_pipeline.defs.output_files import OutputFiles, write_json, write_parquet, write_text
 from leakage_pipeline.defs.settings import SPLIT_NAMES, AuditSettings, TrainingSettings
 from leakage_pipeline.training.confusion_image import write_confusion_matrix
@@ -89,59 +87,53 @@ def _train_through_pipes(
     return dg.MaterializeResult(metadata={**(reported.metadata or {}), **metadata})
 
 
-@dg.asset(group_name=GROUP, deps=[training_images, split_assignments, leakage_report], kinds={"pytorch"})
+def _leak_free_table(files: OutputFiles, training: TrainingSettings) -> pl.DataFrame:
+    return _stored_assignments(pl.read_parquet(files.leak_free.split_assignments), files, training)
+
+
+@dg.asset(group_name=GROUP, deps=[training_images, leak_free_audit], kinds={"pytorch"})
 def leak_free_model(
     context: dg.AssetExecutionContext, audit: AuditSettings, training: TrainingSettings,
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
-    """The model trained on the patient-level train split and selected on val."""
+    """The model trained on the leak-free split's train images and selected on its val images."""
     files = OutputFiles(audit.output_dir)
-    assignments = pl.read_parquet(files.split_assignments)
-    spanning = check_split_integrity(assignments).patients_spanning_splits
-    if spanning.height:
-        raise dg.Failure(
-            f"not training: {spanning.height} patient(s) have images in more than one split, "
-            f"e.g. {spanning['patient_id'].head(3).to_list()}; fix the split or use split policy 'assign'")
-    table = _stored_assignments(assignments, files, training)
+    table = _leak_free_table(files, training)
     return _train_through_pipes(context, pipes_subprocess_client, files, training, LEAK_FREE, table, {
-        "split": "patient-level", "images_per_split": dg.MetadataValue.json(
+        "split": "leak-free (every identity in one split)", "images_per_split": dg.MetadataValue.json(
             dict(table.group_by("split").len().sort("split").iter_rows())),
     })
 
 
-# Downstream of the report too: the contrast is only trained beside a leak-free model to compare with.
-@dg.asset(group_name=GROUP, deps=[training_images, split_assignments, leakage_report], kinds={"pytorch"})
+# Downstream of the leak-free audit too: the contrast is only trained beside a leak-free model to compare with.
+@dg.asset(group_name=GROUP, deps=[training_images, leak_free_audit], kinds={"pytorch"})
 def leaky_model(
     context: dg.AssetExecutionContext, audit: AuditSettings, training: TrainingSettings,
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
-    """The same model on an image-level random split of the same pool, split sizes unchanged: the
-    contrast a careless pipeline produces."""
+    """The same model after the leak a careless split makes: about half of each test patient's images
+    in train (as many train images moved to test), split sizes unchanged."""
     files = OutputFiles(audit.output_dir)
-    patient_level = _stored_assignments(pl.read_parquet(files.split_assignments), files, training)
-    sizes = {split: patient_level.filter(pl.col("split") == split).height for split in SPLIT_NAMES}
-    table = image_level_splits(patient_level, sizes, seed=training.seed)
+    table = leaky_split(_leak_free_table(files, training), list(SPLIT_NAMES), seed=training.seed)
     shared = shared_patients(table, TRAIN_SPLIT, TEST_SPLIT)
-    context.log.info(f"the image-level split puts {shared} patient(s) in both {TRAIN_SPLIT} and {TEST_SPLIT}")
+    context.log.info(f"the leaky split puts {shared} patient(s) in both {TRAIN_SPLIT} and {TEST_SPLIT}")
     return _train_through_pipes(context, pipes_subprocess_client, files, training, LEAKY, table, {
-        "split": "image-level (random, patients ignored)", "patients_in_train_and_test": shared,
-        "images_per_split": dg.MetadataValue.json(sizes),
+        "split": "leaky (test patients' images in train)", "patients_in_train_and_test": shared,
+        "images_per_split": dg.MetadataValue.json(dict(table.group_by("split").len().sort("split").iter_rows())),
     })
 
 
-@dg.asset(group_name=GROUP, deps=[leak_free_model, leaky_model, leakage_report], kinds={"json", "markdown"})
+@dg.asset(group_name=GROUP, deps=[leak_free_model, leaky_model], kinds={"json", "markdown"})
 def model_evaluation(
     context: dg.AssetExecutionContext, audit: AuditSettings, training: TrainingSettings
 ) -> dg.MaterializeResult:
-    """Leaky vs leak-free, full vs cleaned test set, with 95% intervals from a patient bootstrap."""
+    """Leaky vs leak-free on the same test images (paired patient bootstrap), and each on its own test split."""
     files = OutputFiles(audit.output_dir)
     leaky_dir, leak_free_dir = files.model_dir(LEAKY), files.model_dir(LEAK_FREE)
-    flagged = json.loads(files.flagged_test_images.read_text())
     summary = evaluate(EvaluationInputs(
         leak_free=pl.read_parquet(leak_free_dir / PREDICTIONS_FILE),
         leaky=pl.read_parquet(leaky_dir / PREDICTIONS_FILE),
         class_names=class_names(leak_free_dir),
-        flagged_locations={row["location"] for row in flagged},
         leaky_shared_patients=shared_patients(pl.read_parquet(leaky_dir / SPLIT_TABLE), TRAIN_SPLIT, TEST_SPLIT),
         resamples=training.bootstrap_resamples, seed=training.seed,
     ))
@@ -153,13 +145,15 @@ def model_evaluation(
         write_confusion_matrix(row["confusion_matrix"], summary["class_names"], f"{row['model']}, {row['test_set']}",
                                out / f"confusion_{key}.png")
     context.log.info(summary["verdict"])
-    rows = summary["rows"]
+    effect = summary["leak_effect_top1"]
     return dg.MaterializeResult(metadata={
         "verdict": summary["verdict"],
         "summary": dg.MetadataValue.md(summary_markdown(summary)),
         "evaluation": dg.MetadataValue.md(markdown),
-        **{f"top1_{key}": row["metrics"]["top1"]["value"] for key, row in rows.items()},
-        "leakage_moved_metric": summary["differences"]["leaky_minus_leak_free_top1"]["moved"],
+        **{f"top1_{key}": row["metrics"]["top1"]["value"] for key, row in summary["rows"].items()},
+        "shared_test_images": summary["shared_test_images"],
+        "leak_effect_top1": effect["value"] if effect else None,
+        "leakage_moved_metric": effect["moved"] if effect else False,
         "path": dg.MetadataValue.path(str(out / "evaluation.json")),
     })
 

@@ -1,8 +1,9 @@
 """Does leakage move the metric? Test predictions in, a summary with patient-bootstrap intervals out.
 
-Three rows a reviewer wants side by side: the leak-free model on the full test set, the same
-model on the test set without the flagged near-duplicates, and the leaky (image-level split)
-model on its own test split; then two differences with intervals and a plain-language verdict.
+Each model is scored on its own test split, and both on the same test images: the leak-free test
+images the leaky split left in test, which neither model trained on although the leaky model saw
+other images of their patients. The difference on those shared images, with an interval from a
+paired bootstrap over patients (the same patient draws for both models), is the leak's effect.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from leakage_pipeline.training.metrics import (
     difference,
 )
 
-LEAK_FREE_FULL = "leak_free_full_test"
-LEAK_FREE_CLEAN = "leak_free_without_flagged"
-LEAKY_FULL = "leaky_full_test"
+LEAK_FREE_TEST = "leak_free_own_test"
+LEAKY_TEST = "leaky_own_test"
+LEAK_FREE_SHARED = "leak_free_shared_test"
+LEAKY_SHARED = "leaky_shared_test"
+LEAK_FREE_TITLE = "leak-free (identities whole)"
+LEAKY_TITLE = "leaky (test patients' images in train)"
 METRIC_TITLES = {"top1": "top-1", "top3": "top-3", "macro_f1": "macro F1", "macro_auc": "macro AUC"}
 
 
@@ -32,26 +36,26 @@ class EvaluationInputs:
     leak_free: pl.DataFrame  # test predictions: location, patient_id, label_index, probabilities
     leaky: pl.DataFrame
     class_names: list[str]
-    flagged_locations: set[str]  # test images with a trusted near-duplicate in train or val
-    leaky_shared_patients: int  # patients the image-level split put in both train and test
+    leaky_shared_patients: int  # patients the leaky split put in both train and test
     resamples: int = 1000
     seed: int = 0
 
 
-def _arrays(predictions: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]  # labels, probabilities, patients
+
+
+def _arrays(predictions: pl.DataFrame, probabilities: str = "probabilities") -> Arrays:
     labels = predictions["label_index"].to_numpy()
-    probabilities = np.array(predictions["probabilities"].to_list(), dtype=np.float64).reshape(len(labels), -1)
-    return labels, probabilities, predictions["patient_id"].to_numpy()
+    values = np.array(predictions[probabilities].to_list(), dtype=np.float64).reshape(len(labels), -1)
+    return labels, values, predictions["patient_id"].to_numpy()
 
 
-def _row(title: str, test_set: str, arrays: tuple[np.ndarray, np.ndarray, np.ndarray], keep: np.ndarray,
-         result: BootstrapResult, num_classes: int) -> dict:
+def _row(title: str, test_set: str, arrays: Arrays, result: BootstrapResult, num_classes: int) -> dict:
     labels, probabilities, patients = arrays
     return {
-        "model": title, "test_set": test_set, "images": int(keep.sum()),
-        "patients": int(len(np.unique(patients[keep]))),
+        "model": title, "test_set": test_set, "images": len(labels), "patients": int(len(np.unique(patients))),
         "metrics": {name: estimate.as_dict() for name, estimate in result.estimates.items()},
-        "confusion_matrix": confusion_matrix(labels[keep], probabilities[keep].argmax(axis=1), num_classes).tolist(),
+        "confusion_matrix": confusion_matrix(labels, probabilities.argmax(axis=1), num_classes).tolist(),
     }
 
 
@@ -63,64 +67,51 @@ def _points(estimate: Estimate) -> str:
     return f"{estimate.value * 100:+.1f} points (95% CI {estimate.low * 100:+.1f} to {estimate.high * 100:+.1f})"
 
 
-def verdict_text(inflation: Estimate, flagged_effect: Estimate | None, flagged: int, shared_patients: int) -> str:
-    if _moved(inflation):
-        direction = "inflates" if inflation.value > 0 else "lowers"
-        first = (f"Leakage moved the metric: the image-level split (with {shared_patients} patient(s) in both train "
-                 f"and test) {direction} top-1 by {_points(inflation)} against the patient-level split, beyond the "
-                 f"interval.")
-    else:
-        first = (f"Leakage did not move the metric beyond the interval: image-level vs patient-level split "
-                 f"differ by {_points(inflation)}.")
-    if flagged_effect is None:
-        second = ("No test image was flagged as a near-duplicate of a training image, so the cleaned test set "
-                  "is the full one.")
-    elif _moved(flagged_effect):
-        second = (f"The {flagged} flagged test image(s) move the leak-free model's top-1 by {_points(flagged_effect)} "
-                  f"(full minus cleaned test set): report the cleaned number.")
-    else:
-        second = (f"The {flagged} flagged test image(s) change the leak-free model's top-1 by "
-                  f"{_points(flagged_effect)} "
-                  f"(full minus cleaned test set), within the interval: the headline number stands.")
-    return f"{first} {second}"
+def verdict_text(effect: Estimate | None, shared_images: int, shared_patients: int, leaky_patients: int) -> str:
+    if effect is None:
+        return ("No test image was left out of the leaky model's training, so the two models cannot be compared on "
+                "the same images.")
+    where = (f"On the same {shared_images} test images ({shared_patients} patients), which neither model trained on "
+             f"but whose patients' other images the leaky model saw ({leaky_patients} patients in its train and test), "
+             f"the leaky model's top-1 minus the leak-free model's is {_points(effect)}")
+    if _moved(effect):
+        return f"{where}: leakage moved the metric{' up' if effect.value > 0 else ' down'}, beyond the interval."
+    return f"{where}: leakage did not move the metric beyond the interval."
 
 
 def evaluate(inputs: EvaluationInputs) -> dict:
     """The JSON-ready evaluation summary."""
     num_classes = len(inputs.class_names)
-    free, leaky_arrays = _arrays(inputs.leak_free), _arrays(inputs.leaky)
-    not_flagged = ~inputs.leak_free["location"].is_in(list(inputs.flagged_locations)).to_numpy()
-    everything = np.ones(len(free[0]), bool)
-    leaky_everything = np.ones(len(leaky_arrays[0]), bool)
+    shared = inputs.leak_free.join(
+        inputs.leaky.select("location", leaky_probabilities="probabilities"), on="location", maintain_order="left")
+    free_own, leaky_own = _arrays(inputs.leak_free), _arrays(inputs.leaky)
+    free_shared, leaky_shared = _arrays(shared), _arrays(shared, "leaky_probabilities")
 
-    def run(arrays, keep, seed) -> BootstrapResult:
-        return bootstrap_metrics(*arrays, keep=keep, resamples=inputs.resamples, seed=seed)
+    def run(arrays: Arrays, seed: int) -> BootstrapResult:
+        return bootstrap_metrics(*arrays, resamples=inputs.resamples, seed=seed)
 
-    full = run(free, everything, inputs.seed)
-    clean = run(free, not_flagged, inputs.seed)  # same draws: paired
-    leaky = run(leaky_arrays, leaky_everything, inputs.seed + 1)
-    flagged = int((~not_flagged).sum())
-    inflation = difference(leaky, full)
-    flagged_effect = difference(full, clean) if flagged else None
-    rows = {
-        LEAK_FREE_FULL: _row("leak-free (patient-level split)", "full test set", free, everything, full, num_classes),
-        LEAK_FREE_CLEAN: _row("leak-free (patient-level split)", "test set without flagged images", free,
-                              not_flagged, clean, num_classes),
-        LEAKY_FULL: _row("leaky (image-level split)", "its own test split", leaky_arrays, leaky_everything, leaky,
-                         num_classes),
+    sets = {
+        LEAK_FREE_TEST: (LEAK_FREE_TITLE, "its own test split", free_own, inputs.seed),
+        LEAKY_TEST: (LEAKY_TITLE, "its own test split", leaky_own, inputs.seed + 1),
     }
+    if shared.height:
+        # One seed over one patient list: the same draws for both models, so their difference is paired.
+        sets |= {
+            LEAK_FREE_SHARED: (LEAK_FREE_TITLE, "shared test images", free_shared, inputs.seed + 2),
+            LEAKY_SHARED: (LEAKY_TITLE, "shared test images", leaky_shared, inputs.seed + 2),
+        }
+    results = {key: run(arrays, seed) for key, (_, _, arrays, seed) in sets.items()}
+    effect = difference(results[LEAKY_SHARED], results[LEAK_FREE_SHARED]) if shared.height else None
+    shared_patients = int(len(np.unique(free_shared[2])))
     return {
         "class_names": inputs.class_names,
         "bootstrap": {"unit": "patient", "resamples": inputs.resamples, "confidence": 0.95},
-        "rows": rows,
-        "flagged_test_images_removed": flagged,
+        "rows": {key: _row(title, test_set, arrays, results[key], num_classes)
+                 for key, (title, test_set, arrays, _) in sets.items()},
+        "shared_test_images": shared.height,
         "leaky_split_shared_patients": inputs.leaky_shared_patients,
-        "differences": {
-            "leaky_minus_leak_free_top1": {**inflation.as_dict(), "moved": _moved(inflation)},
-            "full_minus_cleaned_top1": (
-                {**flagged_effect.as_dict(), "moved": _moved(flagged_effect)} if flagged_effect else None),
-        },
-        "verdict": verdict_text(inflation, flagged_effect, flagged, inputs.leaky_shared_patients),
+        "leak_effect_top1": {**effect.as_dict(), "moved": _moved(effect)} if effect else None,
+        "verdict": verdict_text(effect, shared.height, shared_patients, inputs.leaky_shared_patients),
     }
 
 
@@ -133,7 +124,7 @@ def _cell(estimate: dict) -> str:
 
 
 def summary_markdown(summary: dict) -> str:
-    """The leaky vs leak-free, full vs cleaned table with 95% patient-bootstrap intervals."""
+    """Each model on its own test split and both on the shared test images, with 95% patient-bootstrap intervals."""
     metrics = [m for m in METRICS if any(r["metrics"][m]["value"] is not None for r in summary["rows"].values())]
     header = ["model", "test set", "images", "patients"] + [METRIC_TITLES[m] for m in metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -154,9 +145,10 @@ def confusion_markdown(summary: dict, row_key: str) -> str:
 
 def evaluation_markdown(summary: dict) -> str:
     parts = ["# Does leakage move the metric?", "", summary["verdict"], "", summary_markdown(summary), "",
-             f"Intervals: 95% percentile bootstrap over patients ({summary['bootstrap']['resamples']} resamples). "
-             f"{summary['flagged_test_images_removed']} flagged test image(s) removed for the cleaned row; the "
-             f"image-level split put {summary['leaky_split_shared_patients']} patient(s) in both train and test."]
+             f"Intervals: 95% percentile bootstrap over patients ({summary['bootstrap']['resamples']} resamples), "
+             "paired on the shared test images. The leaky split moved about half of each test patient's images "
+             f"into training (as many training images into test), putting {summary['leaky_split_shared_patients']} "
+             "patient(s) in both train and test."]
     for key, row in summary["rows"].items():
         parts += ["", f"## Confusion matrix: {row['model']}, {row['test_set']}", "", confusion_markdown(summary, key)]
     return "\n".join(parts) + "\n"
