@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from pathlib import Path
+
+import dagster as dg
 
 from leakage_pipeline.cli import DEMO_TRAINING
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
@@ -27,12 +30,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=Path(".bench_leak_effect"))
     args = parser.parse_args()
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)  # Dagster's notice about its Pipes reader
     manifest = args.dir / "data" / "manifest.csv"
     if not manifest.exists():
         build_demo_dataset(manifest.parent)
     settings = AuditSettings(manifest_path=str(manifest), output_dir=str(args.dir / "out"))
 
-    print("| seed | shared test images | leak-free top-1 | leaky top-1 | leaky − leak-free (95% CI) | excludes 0 | s |")
+    print("| seed | shared test images | leak-free top-1 | leaky top-1 | leaky − leak-free (95% CI) | above 0 | s |")
     print("|---|---|---|---|---|---|---|")
     excluded = 0
     for seed in range(args.seeds):
@@ -41,11 +45,11 @@ def main() -> None:
         summary = json.loads((outcome.files.evaluation_dir / "evaluation.json").read_text())
         effect = summary["leak_effect_top1"]
         top1 = {key: summary["rows"][key]["metrics"]["top1"]["value"] for key in (LEAK_FREE_SHARED, LEAKY_SHARED)}
-        excluded += effect["moved"]
+        excluded += effect["low"] > 0
         print(f"| {seed} | {summary['shared_test_images']} | {top1[LEAK_FREE_SHARED]:.3f} | {top1[LEAKY_SHARED]:.3f} | "
               f"{effect['value'] * 100:+.1f} ({effect['low'] * 100:+.1f} to {effect['high'] * 100:+.1f}) | "
-              f"{'yes' if effect['moved'] else 'no'} | {time.perf_counter() - started:.0f} |", flush=True)
-    print(f"\nThe interval excludes zero on {excluded} of {args.seeds} seeds ({excluded / args.seeds:.0%}).")
+              f"{'yes' if effect['low'] > 0 else 'no'} | {time.perf_counter() - started:.0f} |", flush=True)
+    print(f"\nThe interval lies above zero on {excluded} of {args.seeds} seeds ({excluded / args.seeds:.0%}).")
 
 
 if __name__ == "__main__":

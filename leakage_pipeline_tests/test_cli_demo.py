@@ -5,6 +5,7 @@ import json
 import pytest
 
 from leakage_pipeline.cli import EXIT_COULD_NOT_RUN, EXIT_RAN, main
+from leakage_pipeline_tests.conftest import write_image, write_manifest
 
 
 @pytest.mark.slow
@@ -58,3 +59,25 @@ def test_audit_exit_codes_and_column_mapping(small_demo, tmp_path, capsys):
     assert main(args) == EXIT_COULD_NOT_RUN
     assert "missing required column(s): image_uri" in capsys.readouterr().err
     assert main(args + ["--columns", "nonsense"]) == EXIT_COULD_NOT_RUN
+
+
+def test_a_manifest_without_patient_ids_audits_at_image_level(tmp_path, capsys):
+    """MedMNIST-style: 28x28 images, no patient ids; copies across splits are still found."""
+    rows = []
+    for index in range(60):
+        split = "train" if index < 40 else "test"
+        write_image(tmp_path / f"{index}.png", seed=index, size=(28, 28), mode="L")
+        rows.append({"image_uri": f"{index}.png", "label": "ab"[index % 2], "split": split})
+    for copy in range(3):  # train images 0-2 again in test, under new names
+        (tmp_path / f"copy{copy}.png").write_bytes((tmp_path / f"{copy}.png").read_bytes())
+        rows.append({"image_uri": f"copy{copy}.png", "label": "ab"[copy % 2], "split": "test"})
+    manifest = write_manifest(tmp_path / "manifest.csv", rows)
+    out = tmp_path / "out"
+    assert main(["audit", "--manifest", str(manifest), "--out", str(out)]) == EXIT_RAN
+    assert "Patient ids were not given" in capsys.readouterr().out
+    report = json.loads((out / "report" / "leakage_audit.json").read_text())
+    assert report["patient_ids_given"] is False
+    assert report["verdict"]["leaked_test_images"] == 3 and report["verdict"]["per_reason"]["exact_copy"] == 3
+    assert (out / "report" / "report.md").read_text().count("Patient-level leakage cannot be checked") == 1
+    leak_free = json.loads((out / "leak_free_split" / "report" / "leakage_audit.json").read_text())
+    assert leak_free["flagged"]["count"] == 0

@@ -310,14 +310,19 @@ def informative_trusted_pairs(pairs: pl.DataFrame, trusted: dict[str, int | None
 
 
 def flagged_section(flagged: pl.DataFrame, split_order: list[str]) -> dict:
+    """Counts per split and reason over the images read, like the verdict's; flagged images that could
+    not be read (a patient-level reason needs no pixels) are counted apart."""
+    read = flagged.filter(_readable())
     return {
         "count": flagged.height,
-        "per_split": {split: flagged.filter(pl.col("split") == split).height for split in split_order[1:]},
+        "per_split": {split: read.filter(pl.col("split") == split).height for split in split_order[1:]},
         "per_split_reason": {
-            split: {reason: flagged.filter((pl.col("split") == split) & pl.col("reasons").list.contains(reason)).height
+            split: {reason: read.filter((pl.col("split") == split) & pl.col("reasons").list.contains(reason)).height
                     for reason in LEAK_REASONS}
             for split in split_order[1:]
         },
+        "per_split_not_read": {split: flagged.filter((pl.col("split") == split) & ~_readable()).height
+                               for split in split_order[1:]},
         "images": _records(flagged),
     }
 

@@ -49,9 +49,10 @@ def report_markdown(report: dict) -> str:
     parts += [
         f"**Verdict.** {verdict['text']}",
         "## Leak reasons",
-        "Images of each later split with a twin in an earlier one, per reason (an image can have several).",
-        _table(["split", *LEAK_REASONS, "any reason"],
-               [[split, *by_reason.values(), flagged["per_split"][split]]
+        "Images read of each later split with a twin in an earlier one, per reason (an image can have several); "
+        "flagged images that could not be read are counted apart.",
+        _table(["split", *LEAK_REASONS, "any reason", "flagged, not read"],
+               [[split, *by_reason.values(), flagged["per_split"][split], flagged["per_split_not_read"][split]]
                 for split, by_reason in flagged["per_split_reason"].items()]),
         _table(["reasons (test images read)", "images"], [[k, v] for k, v in verdict["reason_overlap"].items()])
         if verdict["reason_overlap"] else "",
