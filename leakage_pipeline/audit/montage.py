@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 from PIL import Image, ImageDraw, ImageFont
 
+from leakage_pipeline.atomic_files import replace_atomically
 from leakage_pipeline.audit import image_source
 from leakage_pipeline.audit.matching import closeness
 
@@ -57,6 +58,5 @@ def write_montage(pairs: pl.DataFrame, path: Path, limit: int = 24, columns: int
         distance = "identical bytes" if pair["sha256_equal"] else \
             f"pHash {pair['phash_distance']}  dHash {pair['dhash_distance']}"
         draw.text((x0 + _PAD, y0 + _PAD + _THUMB + 30), distance, fill=(200, 0, 0), font=font)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    replace_atomically(path, sheet.save)
     return chosen.height

@@ -20,7 +20,8 @@ from leakage_pipeline.audit.montage import write_montage
 from leakage_pipeline.audit.report import build_report
 from leakage_pipeline.audit.report_markdown import report_markdown, threshold_markdown
 from leakage_pipeline.audit.splitting import POLICY_ASSIGN, POLICY_KEEP, assign_splits, keep_splits
-from leakage_pipeline.defs.output_files import OutputFiles, write_json, write_parquet, write_text
+from leakage_pipeline.atomic_files import write_json, write_parquet, write_text
+from leakage_pipeline.defs.output_files import OutputFiles
 from leakage_pipeline.defs.settings import SPLIT_NAMES, AuditSettings
 
 split_partitions = dg.StaticPartitionsDefinition(list(SPLIT_NAMES))

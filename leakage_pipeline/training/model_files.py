@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from leakage_pipeline.atomic_files import replace_atomically
 from leakage_pipeline.training.models import build_model
 from leakage_pipeline.training.preprocessing import Preprocessing
 from leakage_pipeline.training.trainer import DeviceImages, pick_device, predict_probabilities
@@ -24,12 +25,12 @@ PREPROCESSING_FILE = "preprocessing.json"
 
 def save_model(directory: Path, model: nn.Module, architecture: str, class_names: list[str],
                preprocessing: Preprocessing) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    torch.save({"state_dict": state, "architecture": architecture, "class_names": class_names,
-                "in_channels": preprocessing.channels}, directory / MODEL_FILE)
+    saved = {"state_dict": state, "architecture": architecture, "class_names": class_names,
+             "in_channels": preprocessing.channels}
+    # Preprocessing first: a model.pt on disk always has the preprocessing.json it was trained with.
     preprocessing.save(directory / PREPROCESSING_FILE)
-    return directory / MODEL_FILE
+    return replace_atomically(directory / MODEL_FILE, lambda partial: torch.save(saved, partial))
 
 
 def class_names(directory: Path) -> list[str]:

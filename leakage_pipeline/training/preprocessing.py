@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from leakage_pipeline.atomic_files import write_json
+
 CHANNEL_MODES = {1: "L", 3: "RGB"}
 
 
@@ -60,7 +62,7 @@ class Preprocessing:
             return self.image_array(image)
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2))
+        write_json(asdict(self), path)
 
     @classmethod
     def load(cls, path: Path) -> Preprocessing:
