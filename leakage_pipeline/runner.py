@@ -12,6 +12,7 @@ from leakage_pipeline.defs.checks import AUDIT_CHECKS, no_patient_spans_splits
 from leakage_pipeline.defs.output_files import OutputFiles
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings, pipeline_resources
 from leakage_pipeline.defs.training_assets import TRAINING_ASSETS
+from leakage_pipeline.output_lock import output_lock
 
 
 class AuditFailed(RuntimeError):
@@ -41,15 +42,17 @@ def run_audit(
 
     Raises :class:`AuditFailed` if an asset failed. A failed blocking split check is not a
     failure of the audit: the report is written and training is skipped (``training_blocked``).
+    Holds the output directory's lock throughout, or raises ``OutputLocked`` naming its holder.
     """
-    result = dg.materialize(
-        [*AUDIT_ASSETS, *AUDIT_CHECKS, *(TRAINING_ASSETS if training is not None else [])],
-        resources=pipeline_resources(settings, training or TrainingSettings()),
-        tags=audit_run_tags(),
-        instance=instance,
-        raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-    )
+    with output_lock(settings.output_dir, settings.lock_wait_seconds):
+        result = dg.materialize(
+            [*AUDIT_ASSETS, *AUDIT_CHECKS, *(TRAINING_ASSETS if training is not None else [])],
+            resources=pipeline_resources(settings, training or TrainingSettings()),
+            tags=audit_run_tags(),
+            instance=instance,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        )
     blocking_step = no_patient_spans_splits.node_def.name
     failures = [e for e in result.all_events if e.is_step_failure]
     asset_failures = [e for e in failures if not e.step_key.endswith(blocking_step)]

@@ -126,7 +126,8 @@ def test_sensor_starts_an_audit_only_when_the_manifest_changes(tmp_path):
     settings = AuditSettings(manifest_path=str(manifest), output_dir=str(tmp_path / "out"))
 
     def evaluate(cursor):
-        return manifest_changed(dg.build_sensor_context(cursor=cursor, resources={"audit": settings}))
+        with dg.build_sensor_context(cursor=cursor, resources={"audit": settings}) as context:
+            return manifest_changed(context)
 
     assert evaluate(None).skip_reason is not None  # no manifest yet
     manifest.write_text("image_uri,patient_id,label\na.png,p,x\n")

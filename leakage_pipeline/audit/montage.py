@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import polars as pl
@@ -11,6 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 from leakage_pipeline.atomic_files import replace_atomically
 from leakage_pipeline.audit import image_source
 from leakage_pipeline.audit.matching import closeness
+from leakage_pipeline.audit.pixel_limit import open_image
 
 _THUMB = 160
 _CAPTION = 46
@@ -19,7 +19,7 @@ _PAD = 8
 
 def _thumbnail(location: str) -> Image.Image:
     try:
-        with Image.open(io.BytesIO(image_source.read_bytes(location))) as image:
+        with open_image(image_source.read_bytes(location)) as image:
             image = image.convert("RGB")
             image.thumbnail((_THUMB, _THUMB))
             return image

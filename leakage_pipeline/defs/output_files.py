@@ -39,6 +39,11 @@ class OutputFiles:
         return self.root / "image_hashes" / f"_in_progress_split={split}"
 
     @property
+    def stale_cached_hashes(self) -> Path:
+        """What the last verifying run (``verify_cache``) found: cached hashes that were stale."""
+        return self.root / "image_hashes" / "stale_cached_hashes.json"
+
+    @property
     def near_duplicate_pairs(self) -> Path:
         return self.root / "near_duplicate_pairs.parquet"
 
