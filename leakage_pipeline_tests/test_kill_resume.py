@@ -9,11 +9,15 @@ import polars as pl
 import pytest
 from PIL import Image
 
+from leakage_pipeline_tests.conftest import canonical_json
+
 # Run in a child process: the audit CLI with one function replaced by a SIGKILL of the whole
 # process at the chosen stage, everything before it already on disk.
 KILLER = """
 import functools, os, signal, sys
 from PIL import Image
+
+from leakage_pipeline_tests.conftest import canonical_json
 import leakage_pipeline.audit.image_hashing as image_hashing
 import leakage_pipeline.defs.assets as assets
 from leakage_pipeline.cli import main
@@ -56,23 +60,13 @@ def _audit(manifest: Path, out: Path, stage: str | None = None) -> subprocess.Co
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
-def _canonical(value):
-    """JSON content up to what two clean runs already differ in: the order of rows that tie, and
-    float sums taken in another order (the report's own, not the resume's)."""
-    if isinstance(value, dict):
-        return {key: _canonical(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return sorted((_canonical(item) for item in value), key=lambda item: json.dumps(item, sort_keys=True))
-    return round(value, 9) if isinstance(value, float) else value
-
-
 def _same_outputs(first: Path, second: Path) -> None:
     for name in OUTPUTS:
         a, b = first / name, second / name
         if name.endswith(".parquet"):
             assert pl.read_parquet(a).equals(pl.read_parquet(b)), name
         elif name.endswith(".json"):
-            assert _canonical(json.loads(a.read_text())) == _canonical(json.loads(b.read_text())), name
+            assert canonical_json(json.loads(a.read_text())) == canonical_json(json.loads(b.read_text())), name
         elif name.endswith(".md"):  # its example tables cut ties at a row limit, so only their size is stable
             assert len(a.read_text().splitlines()) == len(b.read_text().splitlines()), name
         else:
