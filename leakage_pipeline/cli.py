@@ -21,15 +21,17 @@ from leakage_pipeline.audit.perceptual_hash import HASH_MODE_EXACT, HASH_MODES
 from leakage_pipeline.audit.report_markdown import threshold_markdown
 from leakage_pipeline.audit.splitting import MOVED_WITH_IDENTITY, SPLIT_POLICIES
 from leakage_pipeline.defs.settings import DEFAULT_DEMO_DIR, AuditSettings, TrainingSettings
+from leakage_pipeline.output_lock import OutputLocked
 from leakage_pipeline.runner import AuditFailed, AuditOutcome, run_audit
 from leakage_pipeline.training.evaluation import summary_markdown
-from leakage_pipeline.training.model_files import Classifier
+from leakage_pipeline.training.model_files import Classifier, ModelFileError
 from leakage_pipeline.training.models import ARCHITECTURES
 from leakage_pipeline.training.serving import DEFAULT_MAX_UPLOAD_BYTES, serve
 
 EXIT_RAN = 0
 EXIT_COULD_NOT_RUN = 2
 TRAINING_DEFAULTS = TrainingSettings()
+AUDIT_DEFAULTS = {name: field.default for name, field in AuditSettings.model_fields.items()}
 # Small images and a small CNN: both trainings take a few minutes on two CPU cores.
 DEMO_TRAINING = TrainingSettings(image_size=32, epochs=15, patience=5)
 
@@ -52,6 +54,16 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--hash-mode", choices=HASH_MODES, default=HASH_MODE_EXACT,
                        help="exact (default): bit-identical to imagehash; fast: JPEGs decoded at reduced scale, "
                             "hashes within a few bits of the exact ones")
+    audit.add_argument("--allow-outside-root", action="store_true",
+                       help="accept image URIs that name files outside the image root (refused by default)")
+    audit.add_argument("--resolve-symlinks", action="store_true",
+                       help="follow symlinks, so a link and its target are one image")
+    audit.add_argument("--verify", action="store_true",
+                       help="re-hash every image and report any cached hash that was stale "
+                            "(in image_hashes/stale_cached_hashes.json)")
+    audit.add_argument("--lock-wait", type=float, default=AUDIT_DEFAULTS["lock_wait_seconds"],
+                       help="seconds to wait while another run holds the output directory "
+                            f"(default {AUDIT_DEFAULTS['lock_wait_seconds']:g})")
     audit.add_argument("--train", action="store_true",
                        help="also train the leak-free and the leaky model and evaluate both (skipped when a "
                             "patient spans splits)")
@@ -111,7 +123,7 @@ def _audit(settings: AuditSettings, verbose: bool, training: TrainingSettings | 
     try:
         settings.column_mapping()  # a malformed --columns fails here, before any work
         outcome = run_audit(settings, log_level="INFO" if verbose else "CRITICAL", training=training)
-    except (AuditFailed, ManifestError) as error:
+    except (AuditFailed, ManifestError, OutputLocked) as error:
         print(f"leakage-pipeline: the audit could not run: {error}", file=sys.stderr)
         return EXIT_COULD_NOT_RUN
     print(_summary(outcome, trained=training is not None))
@@ -121,14 +133,16 @@ def _audit(settings: AuditSettings, verbose: bool, training: TrainingSettings | 
 def _predict(images: list[Path], model_dir: Path, device: str) -> int:
     try:
         classifier = Classifier.load(model_dir, device)
-    except (FileNotFoundError, RuntimeError, KeyError) as error:
+    except ModelFileError as error:
         print(f"leakage-pipeline: cannot load the model in {model_dir}: {error}", file=sys.stderr)
         return EXIT_COULD_NOT_RUN
     results, failed = [], 0
     for path in images:
         try:
             results.append({"image": str(path), **classifier.predict_bytes(path.read_bytes())})
-        except (OSError, SyntaxError, ValueError) as error:  # missing file, or bytes that are no image
+        # Whatever one file does to a decoder (missing, no image, over the pixel cap, a codec's own
+        # error) is that image's result; the others are still predicted and printed.
+        except Exception as error:
             failed += 1
             results.append({"image": str(path), "error": f"{type(error).__name__}: {error}"})
     print(json.dumps(results, indent=2))
@@ -164,11 +178,17 @@ def main(argv: list[str] | None = None) -> int:
             manifest_path=args.manifest, output_dir=args.out, image_root=args.image_root,
             columns=args.columns, split_policy=args.split_policy, max_radius=args.max_radius,
             seed=args.seed, hash_workers=args.workers, hash_mode=args.hash_mode,
+            allow_outside_root=args.allow_outside_root, resolve_symlinks=args.resolve_symlinks,
+            verify_cache=args.verify, lock_wait_seconds=args.lock_wait,
         ), args.verbose, training)
     if args.command == "predict":
         return _predict(args.images, args.model, args.device)
     if args.command == "serve":
-        serve(args.model, host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20))
+        try:
+            serve(args.model, host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20))
+        except ModelFileError as error:
+            print(f"leakage-pipeline: cannot load the model in {args.model}: {error}", file=sys.stderr)
+            return EXIT_COULD_NOT_RUN
         return EXIT_RAN
     return _demo(args.dir, train=not args.no_train, verbose=args.verbose)
 

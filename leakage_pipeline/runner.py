@@ -12,6 +12,7 @@ from leakage_pipeline.defs.checks import AUDIT_CHECKS, leak_free_split_is_clean
 from leakage_pipeline.defs.output_files import OutputFiles
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings, pipeline_resources
 from leakage_pipeline.defs.training_assets import TRAINING_ASSETS
+from leakage_pipeline.output_lock import output_lock
 
 
 class AuditFailed(RuntimeError):
@@ -41,16 +42,18 @@ def run_audit(
 
     Raises :class:`AuditFailed` if an asset failed. Leakage found is not a failure: it is in the
     report and in failed ERROR checks. A failed blocking check on the leak-free split skips training
-    (``training_blocked``).
+    (``training_blocked``). Holds the output directory's lock throughout, or raises ``OutputLocked``
+    naming its holder.
     """
-    result = dg.materialize(
-        [*AUDIT_ASSETS, *AUDIT_CHECKS, *(TRAINING_ASSETS if training is not None else [])],
-        resources=pipeline_resources(settings, training or TrainingSettings()),
-        tags=audit_run_tags(),
-        instance=instance,
-        raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-    )
+    with output_lock(settings.output_dir, settings.lock_wait_seconds):
+        result = dg.materialize(
+            [*AUDIT_ASSETS, *AUDIT_CHECKS, *(TRAINING_ASSETS if training is not None else [])],
+            resources=pipeline_resources(settings, training or TrainingSettings()),
+            tags=audit_run_tags(),
+            instance=instance,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        )
     blocked = any(not e.passed for e in result.get_asset_check_evaluations()
                   if e.asset_check_key == leak_free_split_is_clean.check_key)
     failures = [e for e in result.all_events if e.is_step_failure]

@@ -1,4 +1,5 @@
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,16 @@ def write_image(path: Path, seed: int, size=(64, 48), mode="RGB", fmt="PNG") -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(encode(image, fmt))
     return path
+
+
+def canonical_json(value):
+    """JSON content up to what two clean runs already differ in: the order of rows that tie, and
+    float sums taken in another order."""
+    if isinstance(value, dict):
+        return {key: canonical_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return sorted((canonical_json(item) for item in value), key=lambda item: json.dumps(item, sort_keys=True))
+    return round(value, 9) if isinstance(value, float) else value
 
 
 def write_manifest(path: Path, rows: list[dict]) -> Path:

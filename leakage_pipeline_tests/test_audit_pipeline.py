@@ -7,11 +7,15 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from leakage_pipeline.audit.image_hashing import HASH_SCHEMA, STALE_SCHEMA
+from leakage_pipeline.audit.manifest import CANONICAL_COLUMNS
+from leakage_pipeline.audit.matching import PAIR_SCHEMA
 from leakage_pipeline.definitions import defs
 from leakage_pipeline.defs.automation import audit_run_tags, manifest_changed, nightly_audit
-from leakage_pipeline.defs.settings import AuditSettings
+from leakage_pipeline.defs.settings import SPLIT_NAMES, AuditSettings
 from leakage_pipeline.runner import AuditFailed, run_audit
-from leakage_pipeline_tests.conftest import write_image
+from leakage_pipeline.training.image_store import INDEX_SCHEMA
+from leakage_pipeline_tests.conftest import canonical_json, write_image
 
 
 def _materialization_metadata(outcome, asset: str) -> dict:
@@ -85,6 +89,41 @@ def test_audit_finds_every_planted_leak_with_its_reason(audited):
     assert verdict["test_images_read"] == verdict["test_images"] - 1
 
 
+def _internal_column_names(outcome) -> set[str]:
+    """Every column name the pipeline owns: its schemas, and every column and record key it wrote."""
+    names = {"row", "identity_level", *CANONICAL_COLUMNS, *HASH_SCHEMA, *PAIR_SCHEMA, *STALE_SCHEMA, *INDEX_SCHEMA}
+    for path in outcome.files.root.rglob("*.parquet"):
+        names |= set(pl.read_parquet_schema(path))
+    tables = json.loads(outcome.files.split_integrity.read_text())
+    records = [row for rows in tables.values() for row in rows]
+    records += json.loads(outcome.files.flagged_test_images.read_text())
+    return names | {key for record in records for key in record}
+
+
+def test_no_manifest_column_can_replace_or_clash_with_a_computed_one(audited, tmp_path):
+    """The hostile pass: an extra column ``sha256`` made every test image an exact copy (100% leaked),
+    and ``status``, ``phash``, ``detail`` or ``split_source`` crashed with a DuplicateError. Every
+    internal name, as a manifest column at once, now changes nothing but the carried extras."""
+    clean, manifest = audited
+    table = pl.read_csv(manifest, infer_schema=False)
+    internal = sorted(_internal_column_names(clean) - set(table.columns))
+    assert {"sha256", "status", "phash", "dhash", "detail", "split_source", "location", "row", "message",
+            "width", "height", "version", "size_bytes", "hash_mode", "identity_level"} <= set(internal) | set(
+        table.columns)
+    hostile = table.with_columns(pl.lit("0" * 64).alias(name) for name in internal)
+    hostile.write_csv(tmp_path / "hostile.csv")
+    outcome = run_audit(AuditSettings(manifest_path=str(tmp_path / "hostile.csv"), output_dir=str(tmp_path / "out"),
+                                      image_root=str(manifest.parent)))
+    carried = pl.read_parquet(outcome.files.manifest)
+    assert carried.select(f"extra__{name}" for name in internal).unique().height == 1
+    assert carried.drop(f"extra__{name}" for name in internal).equals(pl.read_parquet(clean.files.manifest))
+    for split in SPLIT_NAMES:
+        assert pl.read_parquet(outcome.files.image_hashes(split)).equals(pl.read_parquet(clean.files.image_hashes(split)))
+    assert pl.read_parquet(outcome.files.near_duplicate_pairs).equals(pl.read_parquet(clean.files.near_duplicate_pairs))
+    assert canonical_json(json.loads(outcome.files.report_json.read_text())) == canonical_json(
+        json.loads(clean.files.report_json.read_text()))
+
+
 def test_finding_leakage_is_a_successful_audit_with_failed_error_checks(audited):
     outcome, _ = audited
     assert outcome.result.success and not outcome.training_blocked
@@ -155,7 +194,8 @@ def test_sensor_starts_an_audit_only_when_the_manifest_changes(tmp_path):
     settings = AuditSettings(manifest_path=str(manifest), output_dir=str(tmp_path / "out"))
 
     def evaluate(cursor):
-        return manifest_changed(dg.build_sensor_context(cursor=cursor, resources={"audit": settings}))
+        with dg.build_sensor_context(cursor=cursor, resources={"audit": settings}) as context:
+            return manifest_changed(context)
 
     assert evaluate(None).skip_reason is not None  # no manifest yet
     manifest.write_text("image_uri,patient_id,label\na.png,p,x\n")
@@ -166,3 +206,33 @@ def test_sensor_starts_an_audit_only_when_the_manifest_changes(tmp_path):
     second = evaluate(first.cursor)
     assert len(second.run_requests) == 1 and second.cursor != first.cursor
     assert second.run_requests[0].run_key == second.cursor
+
+
+def test_a_verifying_run_reports_stale_cached_hashes_in_metadata_and_a_file(tmp_path):
+    rows = [{"image_uri": f"{i}.png", "patient_id": f"p{i}", "label": "a", "split": split}
+            for i, split in enumerate(["train", "train", "val", "test"])]
+    for i in range(4):
+        write_image(tmp_path / f"{i}.png", i)
+    pl.DataFrame(rows).write_csv(tmp_path / "m.csv")
+    paths = {"manifest_path": str(tmp_path / "m.csv"), "output_dir": str(tmp_path / "out")}
+    first = run_audit(AuditSettings(**paths))
+    cached = first.files.image_hashes("train")
+    truth = pl.read_parquet(cached)
+    truth.with_columns(sha256=pl.lit("0" * 64)).write_parquet(cached)  # what a fooled cache key leaves behind
+    verified = run_audit(AuditSettings(**paths, verify_cache=True))
+    metadata = _materialization_metadata(verified, "image_hashes")
+    assert metadata["stale_cached_hashes"] == 2 and metadata["reused"] == 0
+    record = json.loads(verified.files.stale_cached_hashes.read_text())
+    assert record["stale_count"] == 2
+    assert {row["location"] for row in record["stale"]} == set(truth["location"])
+    assert pl.read_parquet(cached).equals(truth)
+
+
+def test_weekly_schedule_runs_the_audit_verifying_the_cache():
+    schedule = defs.resolve_schedule_def("weekly_cache_verification")
+    settings = AuditSettings(manifest_path="m.csv", output_dir="out")
+    with dg.build_schedule_context(resources={"audit": settings}) as context:
+        request = schedule(context)
+    assert request.run_config["resources"]["audit"]["config"]["verify_cache"] is True
+    assert request.tags == audit_run_tags()
+    assert dg.validate_run_config(defs.resolve_job_def("leakage_audit"), request.run_config)

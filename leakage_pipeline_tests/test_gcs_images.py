@@ -1,6 +1,8 @@
 """gs:// image URIs, against the gcp-storage-emulator on 127.0.0.1 with the real client."""
 
 import socket
+import threading
+import time
 
 import polars as pl
 import pytest
@@ -9,7 +11,7 @@ from gcp_storage_emulator.server import create_server
 from leakage_pipeline.audit import image_source
 from leakage_pipeline.audit.image_hashing import STATUS_MISSING, STATUS_OK, hash_images
 from leakage_pipeline.defs.settings import AuditSettings
-from leakage_pipeline.runner import run_audit
+from leakage_pipeline.runner import AuditFailed, run_audit
 from leakage_pipeline_tests.conftest import write_image
 
 
@@ -56,3 +58,36 @@ def test_audit_reads_a_manifest_whose_images_are_in_gcs(bucket, tmp_path):
     pairs = pl.read_parquet(outcome.files.near_duplicate_pairs)
     assert pairs.filter(pl.col("sha256_equal"))[["query_image_uri", "reference_image_uri"]].rows() == [
         ("x/2.png", "x/0.png")]
+
+
+def _point_client_at(monkeypatch, port: int) -> None:
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    image_source._gcs_client.cache_clear()
+
+
+def test_an_unreachable_endpoint_fails_in_seconds_naming_it(tmp_path, monkeypatch):
+    """The hostile pass: an unreachable GCS endpoint took about 2.5 minutes to fail."""
+    port = _free_port()  # nothing listens there
+    _point_client_at(monkeypatch, port)
+    (tmp_path / "m.csv").write_text("image_uri,patient_id,label,split\nx/0.png,p0,a,train\n")
+    started = time.monotonic()
+    with pytest.raises(AuditFailed, match=rf"cannot read gs://scans at http://127.0.0.1:{port} within 5 s"):
+        run_audit(AuditSettings(manifest_path=str(tmp_path / "m.csv"), output_dir=str(tmp_path / "out"),
+                                image_root="gs://scans"))
+    assert time.monotonic() - started < 20  # 5 s of preflight plus the run's own start
+    assert not (tmp_path / "out" / "manifest.parquet").exists()  # it failed before any work
+    image_source._gcs_client.cache_clear()
+
+
+def test_the_preflight_retries_an_endpoint_that_comes_up_late(monkeypatch):
+    port = _free_port()
+    _point_client_at(monkeypatch, port)
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="scans")
+    late_start = threading.Timer(1.0, server.start)
+    late_start.start()
+    try:
+        image_source.check_gcs_reachable(["gs://scans/x/0.png", "/local/a.png"])  # a missing object is fine
+    finally:
+        late_start.join()
+        server.stop()
+        image_source._gcs_client.cache_clear()

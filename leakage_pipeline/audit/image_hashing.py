@@ -1,22 +1,24 @@
 """Hash every image of a split: sha256 of the bytes, pHash, dHash, size, and a status.
 
 A bad image never stops the run: it becomes a row with a status and a message. Results are
-cached by content identity (location, size, version, hash mode), so a re-run hashes only
-new or changed images, and partial results can be checkpointed so a killed run resumes.
+cached by content identity (location, size, version, hash mode; see :mod:`image_source` for the
+version), so a re-run hashes only new or changed images, and partial results can be
+checkpointed so a killed run resumes. A verifying run re-hashes everything and reports every
+cached hash that no longer matched its image (which the cache key should make impossible).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import polars as pl
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from leakage_pipeline.audit import image_source
+from leakage_pipeline.audit.pixel_limit import MAX_PIXELS, ImageTooLarge, open_image
 from leakage_pipeline.audit.perceptual_hash import HASH_MODE_EXACT, HASH_MODES, perceptual_hashes, prepare
 
 STATUS_OK = "ok"
@@ -29,7 +31,7 @@ STATUSES = (STATUS_OK, STATUS_MISSING, STATUS_UNREADABLE, STATUS_NOT_AN_IMAGE, S
 HASH_SCHEMA = {
     "location": pl.String,
     "size_bytes": pl.Int64,
-    "version": pl.Int64,
+    "version": pl.String,
     "hash_mode": pl.String,
     "status": pl.String,
     "message": pl.String,
@@ -41,14 +43,16 @@ HASH_SCHEMA = {
     "height": pl.Int32,
 }
 _CACHE_KEY = ["location", "size_bytes", "version", "hash_mode"]
+STALE_SCHEMA = {"location": pl.String, "cached_status": pl.String, "status": pl.String,
+                "cached_sha256": pl.String, "sha256": pl.String}
 
 
 @dataclass(frozen=True)
 class HashLimits:
-    """Images beyond these are recorded as too large instead of being decoded."""
+    """Images beyond these are recorded as too large instead of being read or decoded."""
 
     max_bytes: int = 256 * 1024 * 1024
-    max_pixels: int = 250_000_000
+    max_pixels: int = MAX_PIXELS  # checked from the header, before decoding
 
 
 @dataclass(frozen=True)
@@ -56,22 +60,21 @@ class HashRun:
     hashes: pl.DataFrame
     hashed: int
     reused: int
+    # Verifying runs only: cached rows whose image hashed differently now (STALE_SCHEMA).
+    stale: pl.DataFrame
 
 
 def _decode_and_hash(data: bytes, limits: HashLimits, mode: str) -> dict:
     """Fields of one readable image, or a status and message saying why it is not."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image(data, limits.max_pixels) as image:
             width, height = image.size
-            if width * height > limits.max_pixels:
-                return {"status": STATUS_TOO_LARGE, "message": f"{width}x{height} pixels exceeds {limits.max_pixels}",
-                        "width": width, "height": height}
             prepare(image, mode)
             image.load()
             phash, dhash, detail = perceptual_hashes(image)
     except UnidentifiedImageError:
         return {"status": STATUS_NOT_AN_IMAGE, "message": "not a format Pillow can decode"}
-    except Image.DecompressionBombError as error:
+    except ImageTooLarge as error:
         return {"status": STATUS_TOO_LARGE, "message": str(error)}
     except (OSError, ValueError, SyntaxError, EOFError) as error:
         return {"status": STATUS_UNREADABLE, "message": f"{type(error).__name__}: {error}"}
@@ -90,7 +93,7 @@ def hash_image(location: str, limits: HashLimits = HashLimits(), mode: str = HAS
         data = image_source.read_bytes(location)
     except image_source.ImageMissing as error:
         return row | {"status": STATUS_MISSING, "message": str(error)}
-    except OSError as error:
+    except (OSError, ValueError) as error:  # ValueError: a path the OS refuses, e.g. with a NUL byte
         return row | {"status": STATUS_UNREADABLE, "message": f"{type(error).__name__}: {error}"}
     row["sha256"] = hashlib.sha256(data).hexdigest()
     return row | _decode_and_hash(data, limits, mode)
@@ -108,7 +111,7 @@ def _current_identity(locations: list[str], pool: ThreadPoolExecutor, mode: str)
     def identity(location: str) -> dict:
         try:
             info = image_source.stat(location)
-        except OSError:
+        except (OSError, ValueError):
             return {"location": location, "size_bytes": None, "version": None}
         return {"location": location, "size_bytes": info.size, "version": info.version}
 
@@ -118,7 +121,7 @@ def _current_identity(locations: list[str], pool: ThreadPoolExecutor, mode: str)
     remote_identity = dict(zip(remote, pool.map(identity, remote), strict=True))
     return pl.DataFrame(
         [remote_identity[location] if location in remote_identity else identity(location) for location in locations],
-        schema={"location": pl.String, "size_bytes": pl.Int64, "version": pl.Int64},
+        schema={"location": pl.String, "size_bytes": pl.Int64, "version": pl.String},
     ).with_columns(hash_mode=pl.lit(mode))
 
 
@@ -126,6 +129,16 @@ def reusable_rows(current: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame
     """Previous results whose image is unchanged. A missing image is always looked at again."""
     previous = previous.filter(pl.col("status") != STATUS_MISSING).unique(_CACHE_KEY, keep="last")
     return previous.join(current.drop_nulls(_CACHE_KEY).select(_CACHE_KEY), on=_CACHE_KEY, how="semi")
+
+
+def stale_rows(cached: pl.DataFrame, fresh: pl.DataFrame) -> pl.DataFrame:
+    """Rows of ``cached`` (cache hits) whose fresh hashing gave another sha256 or status."""
+    return (
+        cached.select("location", cached_status="status", cached_sha256="sha256")
+        .join(fresh.select("location", "status", "sha256"), on="location")
+        .filter(pl.col("cached_sha256").ne_missing(pl.col("sha256")) | (pl.col("cached_status") != pl.col("status")))
+        .select(STALE_SCHEMA.keys())
+    )
 
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
@@ -142,9 +155,13 @@ def hash_images(
     chunk_size: int = 512,
     checkpoint: Callable[[pl.DataFrame], None] | None = None,
     mode: str = HASH_MODE_EXACT,
+    verify: bool = False,
 ) -> HashRun:
     """Hash ``locations`` in ``mode``, reusing rows of ``previous`` whose image is unchanged and
     whose hashes were made in the same mode.
+
+    With ``verify`` nothing is reused: every image is hashed again, and the rows that would have
+    been reused but no longer match their image come back as ``stale``.
 
     ``checkpoint`` receives each finished chunk of new rows, so a caller can persist
     progress; feeding those rows back as ``previous`` resumes a killed run.
@@ -154,11 +171,12 @@ def hash_images(
         raise ValueError(f"unknown hash mode {mode!r}; use one of {HASH_MODES}")
     unique_locations = list(dict.fromkeys(locations))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        reused = (
+        cached = (
             reusable_rows(_current_identity(unique_locations, pool, mode), previous)
             if previous is not None and previous.height
             else empty_hashes()
         )
+        reused = empty_hashes() if verify else cached
         done = set(reused["location"].to_list())
         todo = [location for location in unique_locations if location not in done]
         new_parts = []
@@ -170,4 +188,5 @@ def hash_images(
     hashes = pl.concat([reused.select(HASH_SCHEMA.keys()), *new_parts])
     order = pl.DataFrame({"location": unique_locations}, schema={"location": pl.String}).with_row_index("_order")
     hashes = hashes.join(order, on="location").sort("_order").drop("_order")
-    return HashRun(hashes=hashes, hashed=len(todo), reused=reused.height)
+    stale = stale_rows(cached, hashes) if verify else pl.DataFrame(schema=STALE_SCHEMA)
+    return HashRun(hashes=hashes, hashed=len(todo), reused=reused.height, stale=stale)

@@ -1,43 +1,71 @@
 """Where an image lives and how to read it: local paths (absolute or under an image root)
 and ``gs://bucket/object`` URIs on Google Cloud Storage.
 
-A *version* identifies one content of an object without reading it: the modification time in
-nanoseconds for a local file, the object generation for GCS. Together with the size it is the
-cache key that lets a re-run skip unchanged images.
+A *version* identifies one content of an object without reading it, so a re-run can skip
+unchanged images: for a local file its modification time, change time and inode (an in-place
+rewrite that keeps the size and puts the mtime back still moves the ctime, and a file replaced
+by a rename has a new inode), for GCS the object generation. With the size it is the cache key.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import posixpath
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 GCS_SCHEME = "gs://"
+GCS_DEFAULT_ENDPOINT = "https://storage.googleapis.com"
+# The preflight's whole budget per bucket, retries included: long enough for a slow first
+# connection, short enough that a wrong endpoint fails before any work instead of minutes later.
+GCS_PREFLIGHT_SECONDS = 5.0
 
 
 class ImageMissing(FileNotFoundError):
     """The manifest names an image that is not there."""
 
 
+class StorageUnreachable(RuntimeError):
+    """An object store the manifest needs cannot be reached or read; the message names the endpoint."""
+
+
 @dataclass(frozen=True)
 class ObjectStat:
     size: int
-    version: int
+    version: str
 
 
-def resolve_uri(uri: str, image_root: str | None) -> str:
-    """The canonical location of a manifest URI: ``gs://...`` as given, else an absolute path.
+def _normalize_gcs(uri: str) -> str:
+    """``gs://b//a/./c/../d`` -> ``gs://b/a/d``; ``..`` stops at the bucket."""
+    bucket, name = _split_gcs(uri)
+    name = posixpath.normpath("/" + name).lstrip("/")
+    return f"{GCS_SCHEME}{bucket}/{name}" if name else f"{GCS_SCHEME}{bucket}"
 
-    A relative path is taken under ``image_root`` (which may itself be a ``gs://`` prefix).
+
+def resolve_uri(uri: str, image_root: str | None, resolve_symlinks: bool = False) -> str:
+    """The canonical location of a manifest URI: a normalised ``gs://`` URI or an absolute path.
+
+    A relative path is taken under ``image_root`` (which may itself be a ``gs://`` prefix). Local
+    paths lose ``.``, ``..`` and repeated separators, and with ``resolve_symlinks`` also symlinks,
+    so one file has one location however the manifest spells it.
     """
-    if uri.startswith(GCS_SCHEME):
-        return uri
-    if os.path.isabs(uri) or not image_root:
-        return os.path.normpath(os.path.abspath(uri))
-    if image_root.startswith(GCS_SCHEME):
-        return image_root.rstrip("/") + "/" + uri.lstrip("/")
-    return os.path.normpath(os.path.join(os.path.abspath(image_root), uri))
+    if is_gcs(uri):
+        return _normalize_gcs(uri)
+    if image_root and is_gcs(image_root) and not os.path.isabs(uri):
+        return _normalize_gcs(image_root.rstrip("/") + "/" + uri)
+    path = os.path.join(os.path.abspath(image_root or "."), uri)  # an absolute uri ignores the root
+    return os.path.realpath(path) if resolve_symlinks else os.path.normpath(path)
+
+
+def is_within(location: str, root: str) -> bool:
+    """Whether canonical ``location`` lies under canonical ``root`` (both from :func:`resolve_uri`)."""
+    if is_gcs(location) != is_gcs(root):
+        return False
+    if is_gcs(root):
+        return location == root or location.startswith(root.rstrip("/") + "/")
+    return os.path.commonpath([location, root]) == root
 
 
 def is_gcs(location: str) -> bool:
@@ -69,12 +97,12 @@ def stat(location: str) -> ObjectStat:
         blob = _gcs_client().bucket(bucket).get_blob(name)
         if blob is None:
             raise ImageMissing(f"{location} does not exist")
-        return ObjectStat(size=int(blob.size), version=int(blob.generation))
+        return ObjectStat(size=int(blob.size), version=str(blob.generation))
     try:
         info = os.stat(location)
     except FileNotFoundError as error:
         raise ImageMissing(f"{location} does not exist") from error
-    return ObjectStat(size=info.st_size, version=info.st_mtime_ns)
+    return ObjectStat(size=info.st_size, version=f"{info.st_mtime_ns}:{info.st_ctime_ns}:{info.st_ino}")
 
 
 def read_bytes(location: str) -> bytes:
@@ -90,3 +118,35 @@ def read_bytes(location: str) -> bytes:
         return Path(location).read_bytes()
     except FileNotFoundError as error:
         raise ImageMissing(f"{location} does not exist") from error
+
+
+def _gcs_endpoint() -> str:
+    return os.environ.get("STORAGE_EMULATOR_HOST") or GCS_DEFAULT_ENDPOINT
+
+
+def check_gcs_reachable(locations: Iterable[str]) -> None:
+    """Before any work: each bucket among ``locations`` answers, and lets us read, within seconds.
+
+    One object's metadata is read per bucket (the permission reading images needs anyway); a
+    missing object is fine here, it becomes that image's ``missing`` status. Connection errors are
+    retried, but only within :data:`GCS_PREFLIGHT_SECONDS`. Raises :class:`StorageUnreachable`.
+    """
+    first_object: dict[str, str] = {}
+    for location in locations:
+        if is_gcs(location):
+            bucket, name = _split_gcs(location)
+            first_object.setdefault(bucket, name)
+    if not first_object:
+        return
+    from google.api_core.retry import Retry  # lazily, as for the client: only gs:// manifests need it
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    retry: Retry = DEFAULT_RETRY.with_timeout(GCS_PREFLIGHT_SECONDS)
+    for bucket, name in first_object.items():
+        try:
+            _gcs_client().bucket(bucket).get_blob(name, timeout=GCS_PREFLIGHT_SECONDS, retry=retry)
+        except Exception as error:  # connection, timeout, credentials, permission: all mean "cannot read"
+            raise StorageUnreachable(
+                f"cannot read gs://{bucket} at {_gcs_endpoint()} within {GCS_PREFLIGHT_SECONDS:.0f} s "
+                f"({type(error).__name__}: {str(error)[:300]}); check the endpoint, network and credentials"
+            ) from error

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import polars as pl
 from PIL import Image, ImageDraw, ImageFont
 
+from leakage_pipeline.atomic_files import replace_atomically
 from leakage_pipeline.audit import image_source
 from leakage_pipeline.audit.leak_reasons import LEAK_REASONS
+from leakage_pipeline.audit.pixel_limit import open_image
 
 _THUMB = 160
 _CAPTION = 46
@@ -18,7 +19,7 @@ _PAD = 8
 
 def _thumbnail(location: str) -> Image.Image:
     try:
-        with Image.open(io.BytesIO(image_source.read_bytes(location))) as image:
+        with open_image(image_source.read_bytes(location)) as image:
             image = image.convert("RGB")
             image.thumbnail((_THUMB, _THUMB))
             return image
@@ -60,6 +61,5 @@ def write_montage(examples: pl.DataFrame, path: Path, columns: int = 2) -> int:
         caption = example["reason"].replace("_", " ") + (
             "" if example["distance"] is None else f", distance {example['distance']}")
         draw.text((x0 + _PAD, y0 + _PAD + _THUMB + 30), caption, fill=(200, 0, 0), font=font)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    replace_atomically(path, sheet.save)
     return examples.height

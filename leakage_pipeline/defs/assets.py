@@ -5,24 +5,27 @@ returns a MaterializeResult whose metadata is what a person wants to see in the 
 """
 
 import json
+import secrets
 import shutil
 import warnings
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
 from leakage_pipeline.audit.image_hashing import STATUSES, hash_images
-from leakage_pipeline.audit.image_source import resolve_uri
+from leakage_pipeline.audit.image_source import check_gcs_reachable
 from leakage_pipeline.audit.integrity import check_split_integrity
-from leakage_pipeline.audit.manifest import load_manifest
+from leakage_pipeline.audit.manifest import add_locations, load_manifest
 from leakage_pipeline.audit.matching import cross_split_pairs, split_pairs
 from leakage_pipeline.audit.montage import montage_examples, write_montage
 from leakage_pipeline.audit.report import AuditReport, ReportSettings, build_report
 from leakage_pipeline.audit.report_markdown import report_markdown, threshold_markdown
+from leakage_pipeline.atomic_files import write_json, write_parquet, write_text
 from leakage_pipeline.audit.leak_free_split import leak_free_split as leak_free_split_of
 from leakage_pipeline.audit.splitting import MOVED_WITH_IDENTITY, POLICY_ASSIGN, POLICY_KEEP, assign_splits, keep_splits
-from leakage_pipeline.defs.output_files import OutputFiles, write_json, write_parquet, write_text
+from leakage_pipeline.defs.output_files import OutputFiles
 from leakage_pipeline.defs.settings import SPLIT_NAMES, AuditSettings
 
 split_partitions = dg.StaticPartitionsDefinition(list(SPLIT_NAMES))
@@ -51,12 +54,11 @@ def _markdown_table(frame: pl.DataFrame, limit: int = 20) -> dg.MarkdownMetadata
 
 @dg.asset(group_name=GROUP, kinds={"polars", "parquet"})
 def manifest(audit: AuditSettings) -> dg.MaterializeResult:
-    """The image manifest, validated, with each image's resolved location."""
-    frame = load_manifest(Path(audit.manifest_path), audit.column_mapping(), list(SPLIT_NAMES))
-    root = audit.resolved_image_root()
-    frame = frame.with_columns(
-        location=pl.col("image_uri").map_elements(lambda uri: resolve_uri(uri, root), return_dtype=pl.String)
-    )
+    """The image manifest, validated, with each image's canonical location; an object store it
+    needs is checked to answer before any work starts."""
+    frame = add_locations(load_manifest(Path(audit.manifest_path), audit.column_mapping(), list(SPLIT_NAMES)),
+                          audit.location_rules(), audit.manifest_path)
+    check_gcs_reachable(frame["location"].unique().to_list())
     path = write_parquet(frame, OutputFiles(audit.output_dir).manifest)
     return dg.MaterializeResult(metadata={
         "dagster/row_count": frame.height,
@@ -122,33 +124,51 @@ def _previous_hashes(files: OutputFiles, split: str) -> pl.DataFrame | None:
 
 @split_partitioned_asset(group_name=GROUP, deps=[split_assignments], kinds={"pillow", "parquet"})
 def image_hashes(context: dg.AssetExecutionContext, audit: AuditSettings) -> dg.MaterializeResult:
-    """sha256, pHash and dHash of every image in the split; unchanged images are reused from the last run."""
+    """sha256, pHash and dHash of every image in the split; unchanged images are reused from the last run.
+
+    With ``verify_cache`` every image is hashed again and each cached hash that was stale is
+    reported (metadata and ``image_hashes/stale_cached_hashes.json``).
+    """
     files = OutputFiles(audit.output_dir)
     assignments = pl.read_parquet(files.split_assignments)
     totals = {"hashed": 0, "reused": 0}
     status_counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
+    stale_parts = []
+    run_token = secrets.token_hex(4)  # this run's checkpoint names never collide with another's
     for split in context.partition_keys:
         locations = assignments.filter(pl.col("split") == split)["location"].to_list()
         progress = files.hash_progress(split)
         progress.mkdir(parents=True, exist_ok=True)
-        chunk_number = len(list(progress.glob("*.parquet")))
+        chunk_number = 0
 
         def checkpoint(chunk: pl.DataFrame) -> None:
             nonlocal chunk_number
-            write_parquet(chunk, progress / f"chunk-{chunk_number:06d}.parquet")
+            write_parquet(chunk, progress / f"chunk-{run_token}-{chunk_number:06d}.parquet")
             chunk_number += 1
 
         run = hash_images(locations, _previous_hashes(files, split), workers=audit.hash_workers,
-                          checkpoint=checkpoint, mode=audit.hash_mode)
+                          checkpoint=checkpoint, mode=audit.hash_mode, verify=audit.verify_cache)
         write_parquet(run.hashes, files.image_hashes(split))
         shutil.rmtree(progress, ignore_errors=True)
         totals["hashed"] += run.hashed
         totals["reused"] += run.reused
+        stale_parts.append(run.stale.with_columns(split=pl.lit(split)))
         for status, count in run.hashes.group_by("status").len().iter_rows():
             status_counts[status] += count
         context.log.info(f"split {split}: {len(locations)} images, hashed {run.hashed}, reused {run.reused}")
+    verification = {}
+    if audit.verify_cache:
+        stale = pl.concat(stale_parts)
+        write_json({"verified_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "splits": context.partition_keys, "stale_count": stale.height, "stale": stale.to_dicts()},
+                   files.stale_cached_hashes)
+        if stale.height:
+            context.log.warning(f"{stale.height} cached hash(es) were stale; they are replaced now")
+        verification = {"stale_cached_hashes": stale.height, "stale_examples": _markdown_table(stale, 10),
+                        "verification": dg.MetadataValue.path(str(files.stale_cached_hashes))}
     return dg.MaterializeResult(metadata={
         **totals,
+        **verification,
         "hash_mode": audit.hash_mode,
         "splits": ", ".join(context.partition_keys),
         "status_counts": dg.MetadataValue.json(status_counts),

@@ -1,4 +1,5 @@
-"""The jobs and what starts them: a nightly audit schedule and a sensor on manifest changes."""
+"""The jobs and what starts them: a nightly audit, a weekly audit that verifies the hash cache,
+and a sensor on manifest changes."""
 
 import hashlib
 from pathlib import Path
@@ -34,6 +35,15 @@ def audit_run_tags() -> dict[str, str]:
 def nightly_audit(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     """Every night at 02:00 UTC; unchanged images are reused, so a quiet night costs little."""
     return dg.RunRequest(run_key=None, tags=audit_run_tags())
+
+
+@dg.schedule(job=audit_job, cron_schedule="0 3 * * 0", execution_timezone="UTC")
+def weekly_cache_verification(context: dg.ScheduleEvaluationContext, audit: AuditSettings) -> dg.RunRequest:
+    """Sundays at 03:00 UTC: the audit with ``verify_cache``, re-hashing every image, so a cached
+    hash the cache key failed to invalidate is found and reported within a week."""
+    verifying = {**audit.model_dump(), "verify_cache": True}
+    return dg.RunRequest(run_key=None, tags=audit_run_tags(),
+                         run_config={"resources": {"audit": {"config": verifying}}})
 
 
 def manifest_fingerprint(path: Path) -> str | None:

@@ -1,12 +1,16 @@
-"""Where each asset writes under the output directory, and writes that survive a kill."""
+"""Where each asset writes under the output directory.
+
+The writers themselves live in :mod:`leakage_pipeline.atomic_files` (shared with ``training/``);
+they are re-exported here for the Dagster layer's modules that import them from this one.
+"""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
-import polars as pl
+from leakage_pipeline.atomic_files import write_json, write_parquet, write_text
+
+__all__ = ["OutputFiles", "write_json", "write_parquet", "write_text"]
 
 
 class OutputFiles:
@@ -37,6 +41,11 @@ class OutputFiles:
     def hash_progress(self, split: str) -> Path:
         """Chunks of a hashing run still in progress; a resumed run reuses them."""
         return self.root / "image_hashes" / f"_in_progress_split={split}"
+
+    @property
+    def stale_cached_hashes(self) -> Path:
+        """What the last verifying run (``verify_cache``) found: cached hashes that were stale."""
+        return self.root / "image_hashes" / "stale_cached_hashes.json"
 
     @property
     def near_duplicate_pairs(self) -> Path:
@@ -85,23 +94,3 @@ class OutputFiles:
     @property
     def evaluation_dir(self) -> Path:
         return self.training_dir / "evaluation"
-
-
-def _replace_atomically(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    write(partial)
-    os.replace(partial, path)
-    return path
-
-
-def write_parquet(frame: pl.DataFrame, path: Path) -> Path:
-    return _replace_atomically(path, frame.write_parquet)
-
-
-def write_text(text: str, path: Path) -> Path:
-    return _replace_atomically(path, lambda p: p.write_text(text))
-
-
-def write_json(payload, path: Path) -> Path:
-    return write_text(json.dumps(payload, indent=2, default=str), path)

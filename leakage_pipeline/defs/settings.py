@@ -5,14 +5,17 @@ so they come from ``LEAKAGE_SPLITS``; everything else is per run.
 """
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
 
-from leakage_pipeline.audit.manifest import ColumnMapping
+from leakage_pipeline.audit.manifest import ColumnMapping, LocationRules
 from leakage_pipeline.audit.perceptual_hash import HASH_MODE_EXACT
 from leakage_pipeline.audit.report import ReportSettings
 from leakage_pipeline.audit.splitting import POLICY_KEEP, SplitPlan
+from leakage_pipeline.output_lock import output_lock
 from leakage_pipeline.training.models import SMALL_CNN
 from leakage_pipeline.training.trainer import TrainSettings
 
@@ -23,7 +26,15 @@ DEFAULT_DEMO_DIR = Path(".demo")
 
 
 class AuditSettings(dg.ConfigurableResource):
-    """Inputs and knobs of one leakage audit."""
+    """Inputs and knobs of one leakage audit.
+
+    Every run that uses these settings holds the output directory's lock (see
+    :mod:`leakage_pipeline.output_lock`) from the moment Dagster initialises the resource until the
+    run's steps are done, so each writing step, the training assets included, writes under it. The
+    definitions use the in-process executor, so that is one lock for the whole run; under a
+    multi-process executor each step process would take it in turn, waiting up to
+    ``lock_wait_seconds`` for the step before it. Sensors and schedules read only and take no lock.
+    """
 
     manifest_path: str
     output_dir: str
@@ -37,12 +48,29 @@ class AuditSettings(dg.ConfigurableResource):
     hash_workers: int = 2
     hash_mode: str = HASH_MODE_EXACT  # or "fast": JPEGs decoded at reduced scale, hashes near the exact ones
     montage_per_reason: int = 6  # montage examples of each leak reason
+    allow_outside_root: bool = False  # image URIs may name files outside the image root
+    resolve_symlinks: bool = False  # a symlinked image and its target are one image
+    verify_cache: bool = False  # re-hash every image and report cached hashes that were stale
+    lock_wait_seconds: float = 30.0  # how long a run waits for another run on the same output directory
+
+    @contextmanager
+    def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator["AuditSettings"]:
+        if context.run is None:  # a sensor or schedule evaluation: it writes nothing
+            yield self
+            return
+        with output_lock(self.output_dir, self.lock_wait_seconds):
+            yield self
 
     def column_mapping(self) -> ColumnMapping:
         return ColumnMapping.parse(self.columns)
 
     def resolved_image_root(self) -> str:
-        return self.image_root or str(Path(self.manifest_path).resolve().parent)
+        # abspath, not resolve(): symlinks are followed only when resolve_symlinks asks for it
+        return self.image_root or os.path.dirname(os.path.abspath(self.manifest_path))
+
+    def location_rules(self) -> LocationRules:
+        return LocationRules(image_root=self.resolved_image_root(), allow_outside_root=self.allow_outside_root,
+                             resolve_symlinks=self.resolve_symlinks)
 
     def split_plan(self) -> SplitPlan:
         return SplitPlan(names=SPLIT_NAMES, fractions=tuple(self.split_fractions), seed=self.seed)
@@ -75,6 +103,10 @@ class TrainingSettings(dg.ConfigurableResource):
         )
 
 
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
 def settings_from_env() -> AuditSettings:
     """Settings for ``dagster dev`` and deployments; defaults point at the embedded demo."""
     env = os.environ.get
@@ -86,6 +118,8 @@ def settings_from_env() -> AuditSettings:
         split_policy=env("LEAKAGE_SPLIT_POLICY", POLICY_KEEP),
         max_radius=int(env("LEAKAGE_MAX_RADIUS", "8")),
         hash_mode=env("LEAKAGE_HASH_MODE", HASH_MODE_EXACT),
+        allow_outside_root=_env_flag("LEAKAGE_ALLOW_OUTSIDE_ROOT"),
+        resolve_symlinks=_env_flag("LEAKAGE_RESOLVE_SYMLINKS"),
     )
 
 

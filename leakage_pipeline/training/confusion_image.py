@@ -6,6 +6,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from leakage_pipeline.atomic_files import replace_atomically
+
 _CELL = 72
 _MARGIN = 110
 
@@ -35,8 +37,4 @@ def draw_confusion_matrix(matrix: list[list[int]], class_names: list[str], title
 
 
 def write_confusion_matrix(matrix: list[list[int]], class_names: list[str], title: str, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial.png")
-    draw_confusion_matrix(matrix, class_names, title).save(partial)
-    partial.replace(path)
-    return path
+    return replace_atomically(path, draw_confusion_matrix(matrix, class_names, title).save)

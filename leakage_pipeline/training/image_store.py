@@ -9,7 +9,6 @@ last, so a killed build leaves the previous store intact. Rows are keyed by the 
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import numpy as np
 import polars as pl
 from PIL import UnidentifiedImageError
 
+from leakage_pipeline.atomic_files import write_json, write_parquet
 from leakage_pipeline.audit import image_source
 from leakage_pipeline.audit.image_hashing import STATUS_OK
 from leakage_pipeline.training.preprocessing import Preprocessing
@@ -122,7 +122,7 @@ def build_store(
     row_of = pl.DataFrame({"sha256": kept_sha, "row": np.arange(len(kept_sha), dtype=np.int64)}).filter(
         ~pl.col("sha256").is_in(list(failed)))
     index = readable.join(row_of, on="sha256", how="inner", maintain_order="left").select(INDEX_SCHEMA.keys())
-    index.write_parquet(directory / f"index-{token}.parquet")
+    write_parquet(index, directory / f"index-{token}.parquet")
     _commit(directory, token)
     return StoreBuild(images=index.height, decoded=to_decode.height - len(failed), reused=reused.height,
                       excluded=excluded)
@@ -130,9 +130,7 @@ def build_store(
 
 def _commit(directory: Path, token: str) -> None:
     """Point ``store.json`` at the new token, then delete the files of every other token."""
-    partial = directory / f".{_POINTER}.partial"
-    partial.write_text(json.dumps({"token": token}))
-    os.replace(partial, directory / _POINTER)
+    write_json({"token": token}, directory / _POINTER)
     for path in directory.iterdir():
         if path.suffix in (".npy", ".parquet") and token not in path.name:
             path.unlink()

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from leakage_pipeline.atomic_files import replace_atomically
 from leakage_pipeline.training.models import build_model
 from leakage_pipeline.training.preprocessing import Preprocessing
 from leakage_pipeline.training.trainer import DeviceImages, pick_device, predict_probabilities
@@ -24,16 +25,37 @@ PREPROCESSING_FILE = "preprocessing.json"
 
 def save_model(directory: Path, model: nn.Module, architecture: str, class_names: list[str],
                preprocessing: Preprocessing) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    torch.save({"state_dict": state, "architecture": architecture, "class_names": class_names,
-                "in_channels": preprocessing.channels}, directory / MODEL_FILE)
+    saved = {"state_dict": state, "architecture": architecture, "class_names": class_names,
+             "in_channels": preprocessing.channels}
+    # Preprocessing first: a model.pt on disk always has the preprocessing.json it was trained with.
     preprocessing.save(directory / PREPROCESSING_FILE)
-    return directory / MODEL_FILE
+    return replace_atomically(directory / MODEL_FILE, lambda partial: torch.save(saved, partial))
+
+
+class ModelFileError(ValueError):
+    """A model directory whose files are missing, corrupt, or not a model this pipeline saved."""
+
+
+_SAVED_KEYS = ("state_dict", "architecture", "class_names", "in_channels")
+
+
+def _read_model_file(directory: Path) -> dict:
+    path = directory / MODEL_FILE
+    if not path.exists():
+        raise ModelFileError(f"{directory} holds no {MODEL_FILE}: train a model first")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch reports a bad file as a pickle, zip, EOF or runtime error
+        raise ModelFileError(f"{path} is not a readable model file ({type(error).__name__}: {error})") from error
+    lacking = [key for key in _SAVED_KEYS if not isinstance(saved, dict) or key not in saved]
+    if lacking:
+        raise ModelFileError(f"{path} is not a model saved by leakage-pipeline: it lacks {', '.join(lacking)}")
+    return saved
 
 
 def class_names(directory: Path) -> list[str]:
-    return list(torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)["class_names"])
+    return list(_read_model_file(directory)["class_names"])
 
 
 @dataclass
@@ -45,14 +67,18 @@ class Classifier:
 
     @classmethod
     def load(cls, directory: Path, device: str = "auto") -> Classifier:
-        if not (directory / MODEL_FILE).exists():
-            raise FileNotFoundError(f"{directory} holds no {MODEL_FILE}: train a model first")
-        saved = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
-        model = build_model(saved["architecture"], saved["in_channels"], len(saved["class_names"]))
-        model.load_state_dict(saved["state_dict"])
+        """The model in ``directory``, or :class:`ModelFileError` saying what is wrong with its files."""
+        saved = _read_model_file(directory)
+        try:
+            model = build_model(saved["architecture"], saved["in_channels"], len(saved["class_names"]))
+            model.load_state_dict(saved["state_dict"])
+            preprocessing = Preprocessing.load(directory / PREPROCESSING_FILE)
+        except (ValueError, TypeError, KeyError, RuntimeError, OSError) as error:
+            raise ModelFileError(f"the model in {directory} cannot be rebuilt "
+                                 f"({type(error).__name__}: {error})") from error
         target = pick_device(device)
         return cls(model=model.to(target).eval(), class_names=list(saved["class_names"]),
-                   preprocessing=Preprocessing.load(directory / PREPROCESSING_FILE), device=target)
+                   preprocessing=preprocessing, device=target)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities of preprocessed uint8 images (N, C, H, W)."""

@@ -7,13 +7,15 @@ standard deviation measured on the training split. ``preprocessing.json`` record
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from leakage_pipeline.atomic_files import write_json
+from leakage_pipeline.audit.pixel_limit import open_image
 
 CHANNEL_MODES = {1: "L", 3: "RGB"}
 
@@ -55,12 +57,13 @@ class Preprocessing:
         return array[None] if self.channels == 1 else array.transpose(2, 0, 1)
 
     def bytes_to_array(self, data: bytes) -> np.ndarray:
-        """Decode image bytes; raises ``PIL.UnidentifiedImageError`` or ``OSError`` when they are not one."""
-        with Image.open(io.BytesIO(data)) as image:
+        """Decode image bytes; raises ``PIL.UnidentifiedImageError`` or ``OSError`` when they are not
+        one, and :class:`ImageTooLarge` (before decoding) when the image is over the pixel cap."""
+        with open_image(data) as image:
             return self.image_array(image)
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2))
+        write_json(asdict(self), path)
 
     @classmethod
     def load(cls, path: Path) -> Preprocessing:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI, File, HTTPException, UploadFile
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
+from leakage_pipeline.audit.pixel_limit import ImageTooLarge
 from leakage_pipeline.training.model_files import Classifier
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -83,7 +84,7 @@ def create_app(classifier: Classifier, max_upload_bytes: int = DEFAULT_MAX_UPLOA
         try:
             with lock:
                 return {"filename": file.filename, **classifier.predict_bytes(data)}
-        except Image.DecompressionBombError as error:
+        except ImageTooLarge as error:
             raise HTTPException(413, f"{file.filename}: {error}") from error
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
             raise HTTPException(415, f"{file.filename}: not an image that can be decoded ({error})") from error

@@ -6,7 +6,6 @@ subprocess launched through Dagster Pipes, or in a GPU pod.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from leakage_pipeline.atomic_files import write_json, write_parquet
 from leakage_pipeline.training.image_store import ImageStore, open_stores
 from leakage_pipeline.training.model_files import save_model
 from leakage_pipeline.training.preprocessing import Preprocessing
@@ -79,14 +79,14 @@ def run_training_job(job: TrainingJob, log: Callable[[str], None] = print) -> di
 
     model_dir = Path(job.model_dir)
     save_model(model_dir, result.model, job.settings.architecture, list(job.class_names), preprocessing)
-    (model_dir / HISTORY_FILE).write_text(json.dumps(result.history, indent=2))
+    write_json(result.history, model_dir / HISTORY_FILE)
     probabilities = predict_probabilities(result.model, DeviceImages(test.images, preprocessing, result.device))
     predictions = test_rows.select("location", "patient_id", "label").with_columns(
         label_index=pl.Series(test.labels),
         predicted=pl.Series([job.class_names[i] for i in probabilities.argmax(axis=1)], dtype=pl.String),
         probabilities=pl.Series(probabilities.astype(np.float32).tolist(), dtype=pl.List(pl.Float32)),
     )
-    predictions.write_parquet(model_dir / PREDICTIONS_FILE)
+    write_parquet(predictions, model_dir / PREDICTIONS_FILE)
     best = result.history[result.best_epoch - 1]
     return {
         "device": str(result.device), "architecture": job.settings.architecture,
