@@ -39,7 +39,7 @@ def _broken_model_dir(model_dir, tmp_path, kind):
     broken = tmp_path / kind
     shutil.copytree(model_dir, broken)
     if kind == "corrupt":
-        (broken / MODEL_FILE).write_bytes(b"\x80\x04garbage" * 50)
+        (broken / MODEL_FILE).write_bytes(b"not a model at all" * 50)
     elif kind == "truncated":
         data = (model_dir / MODEL_FILE).read_bytes()
         (broken / MODEL_FILE).write_bytes(data[: len(data) // 2])
