@@ -29,6 +29,7 @@ dev: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.hashing
+	$(BIN)/python -m bench.hashing_memory
 	$(BIN)/python -m bench.matching
 	$(BIN)/python -m bench.training
 

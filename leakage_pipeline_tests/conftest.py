@@ -1,5 +1,7 @@
 import io
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,18 @@ def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid grayscale PNG of ``width`` x ``height`` black pixels, a few KB compressed per 100 Mpx."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)  # filter byte 0, then black pixels
+    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
 
 
 def write_image(path: Path, seed: int, size=(64, 48), mode="RGB", fmt="PNG") -> Path:

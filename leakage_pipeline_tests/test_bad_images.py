@@ -3,8 +3,6 @@ before decoding (finding 8), and a rewrite the old cache key missed is caught (f
 
 import os
 import resource
-import struct
-import zlib
 
 import polars as pl
 import pytest
@@ -14,19 +12,7 @@ from leakage_pipeline.audit.image_hashing import (
     STATUS_NOT_AN_IMAGE, STATUS_OK, STATUS_TOO_LARGE, STATUS_UNREADABLE, HashLimits, hash_image, hash_images,
 )
 from leakage_pipeline.audit.pixel_limit import MAX_PIXELS
-from leakage_pipeline_tests.conftest import encode, write_image
-
-
-def png_bomb(width: int, height: int) -> bytes:
-    """A valid grayscale PNG of ``width`` x ``height`` black pixels, a few KB compressed per 100 Mpx."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    compressor = zlib.compressobj(9)
-    row = b"\x00" * (width + 1)  # filter byte 0, then black pixels
-    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+from leakage_pipeline_tests.conftest import encode, png_bomb, write_image
 
 
 def _corpus(directory) -> dict[str, tuple[bytes, str]]:

@@ -10,8 +10,7 @@ from leakage_pipeline.cli import EXIT_COULD_NOT_RUN, main
 from leakage_pipeline.training.model_files import MODEL_FILE, save_model
 from leakage_pipeline.training.models import SMALL_CNN, build_model
 from leakage_pipeline.training.preprocessing import Preprocessing
-from leakage_pipeline_tests.conftest import write_image
-from leakage_pipeline_tests.test_bad_images import png_bomb
+from leakage_pipeline_tests.conftest import png_bomb, write_image
 
 CLASSES = ["benign", "malignant"]
 
@@ -40,7 +39,7 @@ def _broken_model_dir(model_dir, tmp_path, kind):
     broken = tmp_path / kind
     shutil.copytree(model_dir, broken)
     if kind == "corrupt":
-        (broken / MODEL_FILE).write_bytes(b"\x80\x04garbage" * 50)
+        (broken / MODEL_FILE).write_bytes(b"not a model at all" * 50)
     elif kind == "truncated":
         data = (model_dir / MODEL_FILE).read_bytes()
         (broken / MODEL_FILE).write_bytes(data[: len(data) // 2])

@@ -6,6 +6,7 @@ import pytest
 
 from leakage_pipeline.audit.image_source import is_within, resolve_uri
 from leakage_pipeline.audit.manifest import LocationRules, ManifestError, add_locations, load_manifest
+from leakage_pipeline.cli import EXIT_COULD_NOT_RUN, EXIT_RAN, main
 from leakage_pipeline.defs.settings import AuditSettings
 from leakage_pipeline.runner import AuditFailed, run_audit
 from leakage_pipeline_tests.conftest import write_image, write_manifest
@@ -54,8 +55,6 @@ def test_a_path_outside_the_image_root_is_refused_unless_allowed(tmp_path, uri):
 
 
 def test_the_cli_flag_allows_outside_paths(tmp_path):
-    from leakage_pipeline.cli import EXIT_COULD_NOT_RUN, EXIT_RAN, main
-
     root = tmp_path / "root"
     outside = write_image(tmp_path / "elsewhere" / "x.png", 1)
     write_image(root / "a.png", 2)
