@@ -77,6 +77,7 @@ def linked_patient_reasons(images: pl.DataFrame, identity_table: pl.DataFrame, s
             .join(earlier, on="identity")
             # The image's own patient is same_patient's reason, not this one.
             .filter(pl.col("partner_patient_id") != pl.col("patient_id"))
+            .sort("location", "partner_split", "partner_image_uri")  # the same first partner on every run
             .group_by("location", maintain_order=True)
             .agg(pl.all().exclude("patient_id", "identity").first(),
                  pl.col("partner_patient_id").unique().sort().alias("linked_ids"))

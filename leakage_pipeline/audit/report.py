@@ -117,9 +117,10 @@ def label_chance(images: pl.DataFrame) -> float:
 
 def _pair_chance(matched: pl.DataFrame) -> float:
     """Agreement expected from the two sides' own label mixes (Cohen's kappa's chance term)."""
-    query = matched["query_label"].value_counts(normalize=True)
+    # Sorted, so that the float sum is the same on every run.
+    query = matched["query_label"].value_counts(normalize=True).sort("query_label")
     reference = matched["reference_label"].value_counts(normalize=True)
-    joined = query.join(reference, left_on="query_label", right_on="reference_label")
+    joined = query.join(reference, left_on="query_label", right_on="reference_label", maintain_order="left")
     return float((joined["proportion"] * joined["proportion_right"]).sum())
 
 
@@ -193,7 +194,7 @@ def patient_links(trusted: pl.DataFrame, identity_table: pl.DataFrame) -> dict:
             pl.len().alias("matched_pairs"),
             (pl.col("query_label") == pl.col("reference_label")).mean().alias("same_label_share"),
         )
-        .sort("matched_pairs", descending=True)
+        .sort(["matched_pairs", "query_patient_id", "reference_patient_id"], descending=[True, False, False])
     )
     return {
         "pairs": _records(pairs),
