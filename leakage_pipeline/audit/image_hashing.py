@@ -107,20 +107,11 @@ def empty_hashes() -> pl.DataFrame:
     return _frame([])
 
 
-def _current_identity(locations: list[str], pool: ThreadPoolExecutor, mode: str) -> pl.DataFrame:
-    def identity(location: str) -> dict:
-        try:
-            info = image_source.stat(location)
-        except (OSError, ValueError):
-            return {"location": location, "size_bytes": None, "version": None}
-        return {"location": location, "size_bytes": info.size, "version": info.version}
-
-    # A local stat is a microsecond system call, cheaper than handing it to a thread; an object
-    # store's is a network round trip, so those overlap on the pool.
-    remote = [location for location in locations if image_source.is_gcs(location)]
-    remote_identity = dict(zip(remote, pool.map(identity, remote), strict=True))
+def _current_identity(locations: list[str], mode: str) -> pl.DataFrame:
+    stats = image_source.stat_many(locations)
     return pl.DataFrame(
-        [remote_identity[location] if location in remote_identity else identity(location) for location in locations],
+        [{"location": location, "size_bytes": info.size if info else None, "version": info.version if info else None}
+         for location, info in stats.items()],
         schema={"location": pl.String, "size_bytes": pl.Int64, "version": pl.String},
     ).with_columns(hash_mode=pl.lit(mode))
 
@@ -172,7 +163,7 @@ def hash_images(
     unique_locations = list(dict.fromkeys(locations))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         cached = (
-            reusable_rows(_current_identity(unique_locations, pool, mode), previous)
+            reusable_rows(_current_identity(unique_locations, mode), previous)
             if previous is not None and previous.height
             else empty_hashes()
         )

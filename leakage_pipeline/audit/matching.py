@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from leakage_pipeline.audit.hamming_search import radius_pairs
 from leakage_pipeline.audit.image_hashing import STATUS_OK
 
 PERCEPTUAL_HASHES = ("phash", "dhash")
@@ -43,6 +42,9 @@ def split_pairs(split_order: list[str]) -> list[tuple[str, str]]:
 
 def _candidate_indices(query: pl.DataFrame, reference: pl.DataFrame, max_radius: int) -> np.ndarray:
     """Unique (query row, reference row) index pairs that match under any criterion."""
+    # The numba kernels load when pairs are searched, not when the Dagster code location loads.
+    from leakage_pipeline.audit.hamming_search import radius_pairs
+
     found = []
     q_ok = query.with_row_index("qi").filter(pl.col("status") == STATUS_OK)
     r_ok = reference.with_row_index("ri").filter(pl.col("status") == STATUS_OK)

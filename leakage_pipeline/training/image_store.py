@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 from PIL import UnidentifiedImageError
 
-from leakage_pipeline.atomic_files import write_json, write_parquet
+from leakage_pipeline.storage.files import write_json, write_parquet
 from leakage_pipeline.audit import image_source
 from leakage_pipeline.audit.image_hashing import STATUS_OK
 from leakage_pipeline.training.preprocessing import Preprocessing

@@ -19,24 +19,12 @@ import torch
 from torch import nn
 
 from leakage_pipeline.training.metrics import macro_f1
-from leakage_pipeline.training.models import SMALL_CNN, build_model, load_initial_weights
+from leakage_pipeline.training.models import build_model, load_initial_weights
 from leakage_pipeline.training.preprocessing import Preprocessing
+from leakage_pipeline.training.settings import TrainSettings
 
 # Images stay on the GPU when they take at most this share of its free memory.
 _DEVICE_RESIDENT_SHARE = 0.4
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    architecture: str = SMALL_CNN
-    epochs: int = 30
-    batch_size: int = 64
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    patience: int = 6  # epochs without a better validation macro F1 before stopping
-    seed: int = 0
-    device: str = "auto"  # "auto" picks CUDA when available
-    initial_weights: str | None = None  # a state dict file to start from
 
 
 @dataclass(frozen=True)

@@ -9,21 +9,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
-from leakage_pipeline.atomic_files import write_json, write_parquet
+from leakage_pipeline.storage.files import write_json, write_parquet
 from leakage_pipeline.training.image_store import ImageStore, open_stores
-from leakage_pipeline.training.model_files import save_model
 from leakage_pipeline.training.preprocessing import Preprocessing
-from leakage_pipeline.training.trainer import (
-    DeviceImages,
-    LabelledImages,
-    TrainSettings,
-    predict_probabilities,
-    train_classifier,
-)
+from leakage_pipeline.training.settings import TrainSettings
+
+if TYPE_CHECKING:
+    from leakage_pipeline.training.trainer import LabelledImages
 
 PREDICTIONS_FILE = "test_predictions.parquet"
 HISTORY_FILE = "history.json"
@@ -54,6 +51,8 @@ class TrainingJob:
 def _labelled(
     table: pl.DataFrame, split: str, store: ImageStore, class_index: dict[str, int]
 ) -> tuple[pl.DataFrame, LabelledImages]:
+    from leakage_pipeline.training.trainer import LabelledImages
+
     rows = table.filter(pl.col("split") == split)
     images = store.gather(rows["location"].to_list())
     labels = np.array([class_index[label] for label in rows["label"].to_list()], dtype=np.int64)
@@ -62,6 +61,10 @@ def _labelled(
 
 def run_training_job(job: TrainingJob, log: Callable[[str], None] = print) -> dict:
     """Train, save the model under ``job.model_dir``, predict the test split; return a summary."""
+    # torch loads here, in the training process, never where the job is only described.
+    from leakage_pipeline.training.model_files import save_model
+    from leakage_pipeline.training.trainer import DeviceImages, predict_probabilities, train_classifier
+
     store = open_stores([Path(d) for d in job.store_dirs])
     in_store = set(store.index["location"].to_list())
     table = pl.read_parquet(job.split_table).filter(pl.col("location").is_in(list(in_store)))
