@@ -2,7 +2,9 @@
 
 import io
 
+from leakage_pipeline.audit.image_hashing import hash_images
 from leakage_pipeline.progress import ProgressDisplay, ProgressReporter, format_duration, parse_progress
+from leakage_pipeline_tests.conftest import write_image
 
 
 class FakeClock:
@@ -98,3 +100,10 @@ def test_on_a_terminal_one_bar_is_redrawn_and_each_step_ends_its_line(monkeypatc
     ProgressDisplay(narrow)("hashing test: 1 / 4 images (25%)")
     assert narrow.getvalue() == "\rhashing test [######.........\x1b[K"  # 29: one short of the width
 
+
+def test_hashing_reports_every_image_done_at_the_end(tmp_path):
+    locations = [str(write_image(tmp_path / f"{i}.png", seed=i)) for i in range(5)] + [str(tmp_path / "gone.png")]
+    lines = []
+    hash_images(locations, progress=ProgressReporter(lines.append, "hashing test"))
+    final = parse_progress(lines[-1])
+    assert (final.label, final.done, final.total, final.unit) == ("hashing test", 6, 6, "images")
