@@ -21,7 +21,8 @@ DEFAULT_INTERVAL_SECONDS = 5.0
 BAR_WIDTH = 24
 
 # "hashing test: 1,200 / 4,000 images (30%), 410 images/s, ETA 7s"; a label holds no colon.
-_LINE = re.compile(r"(?P<label>[^:\n]+): (?P<done>[\d,]+) / (?P<total>[\d,]+) (?P<unit>[^()\n]+) \(\d+%\)(?P<details>.*)")
+_LINE = re.compile(
+    r"(?P<label>[^:\n]+): (?P<done>[\d,]+) / (?P<total>[\d,]+) (?P<unit>[^()\n]+) \(\d+%\)(?P<details>.*)")
 
 
 def format_duration(seconds: float) -> str:

@@ -27,6 +27,7 @@ from leakage_pipeline.audit.leak_free_split import leak_free_split as leak_free_
 from leakage_pipeline.audit.splitting import MOVED_WITH_IDENTITY, POLICY_ASSIGN, POLICY_KEEP, assign_splits, keep_splits
 from leakage_pipeline.defs.output_files import OutputFiles
 from leakage_pipeline.defs.settings import SPLIT_NAMES, AuditSettings
+from leakage_pipeline.progress import ProgressReporter
 
 split_partitions = dg.StaticPartitionsDefinition(list(SPLIT_NAMES))
 GROUP = "leakage_audit"
@@ -147,7 +148,8 @@ def image_hashes(context: dg.AssetExecutionContext, audit: AuditSettings) -> dg.
             chunk_number += 1
 
         run = hash_images(locations, _previous_hashes(files, split), workers=audit.hash_workers,
-                          checkpoint=checkpoint, mode=audit.hash_mode, verify=audit.verify_cache)
+                          checkpoint=checkpoint, mode=audit.hash_mode, verify=audit.verify_cache,
+                          progress=ProgressReporter(context.log.info, f"hashing {split}"))
         write_parquet(run.hashes, files.image_hashes(split))
         shutil.rmtree(progress, ignore_errors=True)
         totals["hashed"] += run.hashed
@@ -195,7 +197,8 @@ def near_duplicate_pairs(context: dg.AssetExecutionContext, audit: AuditSettings
     """Every cross-split pair with equal bytes or a pHash/dHash distance within the max radius."""
     files = OutputFiles(audit.output_dir)
     images = load_audited_images(files)
-    pairs = cross_split_pairs(images, list(SPLIT_NAMES), audit.max_radius)
+    pairs = cross_split_pairs(images, list(SPLIT_NAMES), audit.max_radius,
+                              ProgressReporter(context.log.info, "matching"))
     path = write_parquet(pairs, files.near_duplicate_pairs)
     per_pair = {
         f"{q} vs {r}": pairs.filter((pl.col("query_split") == q) & (pl.col("reference_split") == r)).height
@@ -291,7 +294,8 @@ def leak_free_audit(context: dg.AssetExecutionContext, audit: AuditSettings) -> 
     files = OutputFiles(audit.output_dir)
     split = pl.read_parquet(files.leak_free.split_assignments)
     images = load_audited_images(files, split)
-    pairs = cross_split_pairs(images, list(SPLIT_NAMES), audit.max_radius)
+    pairs = cross_split_pairs(images, list(SPLIT_NAMES), audit.max_radius,
+                              ProgressReporter(context.log.info, "matching the leak-free split"))
     write_parquet(pairs, files.leak_free.near_duplicate_pairs)
     trusted = json.loads(files.report_json.read_text())["trusted_radius"]
     settings = ReportSettings(radii=audit.report_settings().radii, trusted_radius=trusted)

@@ -16,6 +16,7 @@ from leakage_pipeline.audit.splitting import leaky_split, shared_patients
 from leakage_pipeline.defs.assets import image_hashes, leak_free_audit, split_partitioned_asset
 from leakage_pipeline.defs.output_files import OutputFiles, write_json, write_parquet, write_text
 from leakage_pipeline.defs.settings import SPLIT_NAMES, AuditSettings, TrainingSettings
+from leakage_pipeline.progress import ProgressReporter
 from leakage_pipeline.training.confusion_image import write_confusion_matrix
 from leakage_pipeline.training.evaluation import EvaluationInputs, evaluate, evaluation_markdown, summary_markdown
 from leakage_pipeline.training.image_store import build_store, open_stores
@@ -46,7 +47,8 @@ def training_images(
     for split in context.partition_keys:
         hashes = pl.read_parquet(files.image_hashes(split), columns=["location", "sha256", "status"])
         built = build_store(hashes, files.training_images(split, training.image_size, training.channels), shape,
-                            workers=training.decode_workers)
+                            workers=training.decode_workers,
+                            progress=ProgressReporter(context.log.info, f"decoding {split} for training"))
         per_split[split] = {"images": built.images, "decoded": built.decoded, "reused": built.reused,
                             "excluded": built.excluded}
         context.log.info(f"split {split}: {built.images} images stored ({built.decoded} decoded, "
