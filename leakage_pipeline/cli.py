@@ -22,6 +22,7 @@ from leakage_pipeline.audit.report_markdown import threshold_markdown
 from leakage_pipeline.audit.splitting import MOVED_WITH_IDENTITY, SPLIT_POLICIES
 from leakage_pipeline.defs.settings import DEFAULT_DEMO_DIR, AuditSettings, TrainingSettings
 from leakage_pipeline.output_lock import OutputLocked
+from leakage_pipeline.progress import ProgressDisplay, ProgressReporter
 from leakage_pipeline.runner import AuditFailed, AuditOutcome, run_audit
 from leakage_pipeline.training.evaluation import summary_markdown
 from leakage_pipeline.training.model_files import Classifier, ModelFileError
@@ -124,7 +125,10 @@ def _summary(outcome: AuditOutcome, trained: bool) -> str:
 def _audit(settings: AuditSettings, verbose: bool, training: TrainingSettings | None = None) -> int:
     try:
         settings.column_mapping()  # a malformed --columns fails here, before any work
-        outcome = run_audit(settings, log_level="INFO" if verbose else "CRITICAL", training=training)
+        # Progress goes to stderr, so stdout stays the summary alone; --verbose shows it in Dagster's log.
+        with ProgressDisplay(sys.stderr) as display:
+            outcome = run_audit(settings, log_level="INFO" if verbose else "CRITICAL", training=training,
+                                progress=None if verbose else display)
     except (AuditFailed, ManifestError, OutputLocked) as error:
         print(f"leakage-pipeline: the audit could not run: {error}", file=sys.stderr)
         return EXIT_COULD_NOT_RUN
@@ -160,7 +164,8 @@ def _demo(directory: Path, train: bool, verbose: bool) -> int:
     manifest = data_dir / "manifest.csv"
     if not manifest.exists():
         print(f"building the demo dataset in {data_dir} ...", flush=True)
-        build_demo_dataset(data_dir)
+        with ProgressDisplay(sys.stderr) as display:
+            build_demo_dataset(data_dir, progress=ProgressReporter(display, "building the demo dataset"))
     print("== the team's split, as delivered" + (", then both models trained on the CPU ==" if train else " =="),
           flush=True)
     return _audit(AuditSettings(manifest_path=str(manifest), output_dir=str(directory / "out")), verbose,

@@ -65,8 +65,9 @@ def start_progress(reporter: ProgressReporter | None, total: int, unit: str) -> 
 
 
 class Progress:
-    """The count of one step's units done; reports a line at most every ``interval_seconds`` and
-    once at :meth:`finish` (nothing at all when there was nothing to do)."""
+    """The count of one step's units done; reports a line when it starts (a slow first unit is not
+    a silence), then at most every ``interval_seconds``, and once at :meth:`finish`; nothing at all
+    when there is nothing to do."""
 
     def __init__(self, reporter: ProgressReporter, total: int, unit: str):
         self._reporter = reporter
@@ -75,6 +76,8 @@ class Progress:
         self.done = 0
         self.stage = ""  # where a multi-stage step is, e.g. "epoch 3/20"; shown after the percentage
         self._started = self._last_report = reporter.clock()
+        if total:
+            reporter.report(self.line(self._started, finished=False))
 
     def advance(self, count: int = 1) -> None:
         self.done += count
@@ -163,6 +166,12 @@ class ProgressDisplay:
         if progress.finished:
             self._stream.write("\n")
         self._stream.flush()
+
+    def __enter__(self) -> ProgressDisplay:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def close(self) -> None:
         """End a bar still open, so whatever is printed next starts on its own line."""

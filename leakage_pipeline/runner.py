@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import dagster as dg
@@ -13,6 +15,10 @@ from leakage_pipeline.defs.output_files import OutputFiles
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings, pipeline_resources
 from leakage_pipeline.defs.training_assets import TRAINING_ASSETS
 from leakage_pipeline.output_lock import output_lock
+from leakage_pipeline.progress import parse_progress
+
+IN_PROCESS_JOB = "in_process_run"
+PROGRESS_LOGGER = "progress"
 
 
 class AuditFailed(RuntimeError):
@@ -34,25 +40,60 @@ def _root_message(event: dg.DagsterEvent) -> str:
     return error.message.strip()
 
 
+class _ShowProgress(logging.Handler):
+    """Hands each progress line of the run log to ``show``, whatever the console's log level."""
+
+    def __init__(self, show: Callable[[str], None]):
+        super().__init__(logging.INFO)
+        self._show = show
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # The record's own message carries Dagster's prefix (job, run id, step); the line as the
+        # step (or the training subprocess, through Pipes) wrote it is in Dagster's metadata.
+        message = record.dagster_meta["orig_message"]
+        if parse_progress(message) is not None:
+            self._show(message)
+
+
+def _progress_logger(show: Callable[[str], None]) -> dg.LoggerDefinition:
+    @dg.logger
+    def progress_logger(_init_context: dg.InitLoggerContext) -> logging.Logger:
+        logger = logging.Logger("leakage_pipeline.progress", logging.INFO)
+        logger.addHandler(_ShowProgress(show))
+        return logger
+
+    return progress_logger
+
+
 def run_audit(
     settings: AuditSettings, instance: dg.DagsterInstance | None = None, log_level: str = "INFO",
-    training: TrainingSettings | None = None,
+    training: TrainingSettings | None = None, progress: Callable[[str], None] | None = None,
 ) -> AuditOutcome:
     """Materialize every audit asset and check, and the training assets when ``training`` is given.
 
     Raises :class:`AuditFailed` if an asset failed. Leakage found is not a failure: it is in the
     report and in failed ERROR checks. A failed blocking check on the leak-free split skips training
     (``training_blocked``). Holds the output directory's lock throughout, or raises ``OutputLocked``
-    naming its holder.
+    naming its holder. ``progress`` receives each progress line of the run log as it is logged.
     """
+    loggers = {"console": dg.colored_console_logger}
+    logger_config = {"console": {"config": {"log_level": log_level}}}
+    if progress is not None:
+        loggers = {**loggers, PROGRESS_LOGGER: _progress_logger(progress)}
+        logger_config[PROGRESS_LOGGER] = {}
+    # dg.materialize, with the loggers it does not let a caller add.
+    definitions = dg.Definitions(
+        assets=[*AUDIT_ASSETS, *AUDIT_CHECKS, *(TRAINING_ASSETS if training is not None else [])],
+        jobs=[dg.define_asset_job(IN_PROCESS_JOB)],
+        resources=pipeline_resources(settings, training or TrainingSettings()),
+        loggers=loggers,
+    )
     with output_lock(settings.output_dir, settings.lock_wait_seconds):
-        result = dg.materialize(
-            [*AUDIT_ASSETS, *AUDIT_CHECKS, *(TRAINING_ASSETS if training is not None else [])],
-            resources=pipeline_resources(settings, training or TrainingSettings()),
-            tags=audit_run_tags(),
+        result = definitions.resolve_job_def(IN_PROCESS_JOB).execute_in_process(
+            run_config={"loggers": logger_config},
             instance=instance,
             raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+            tags=audit_run_tags(),
         )
     blocked = any(not e.passed for e in result.get_asset_check_evaluations()
                   if e.asset_check_key == leak_free_split_is_clean.check_key)

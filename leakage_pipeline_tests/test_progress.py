@@ -3,6 +3,7 @@
 import io
 
 from leakage_pipeline.audit.image_hashing import hash_images
+from leakage_pipeline.cli import EXIT_RAN, main
 from leakage_pipeline.progress import ProgressDisplay, ProgressReporter, format_duration, parse_progress
 from leakage_pipeline_tests.conftest import write_image
 
@@ -20,23 +21,24 @@ class Terminal(io.StringIO):
         return True
 
 
-def test_lines_come_at_most_every_interval_with_rate_and_eta_then_once_at_the_end():
+def test_lines_come_at_the_start_then_at_most_every_interval_with_rate_and_eta_then_once_at_the_end():
     clock, lines = FakeClock(), []
     progress = ProgressReporter(lines.append, "hashing test", interval_seconds=5.0, clock=clock).start(4000, "images")
-    for _ in range(4):  # 400 images/s, one call per second: the first report is due after 5 s
+    assert lines == ["hashing test: 0 / 4,000 images (0%)"]
+    for _ in range(4):  # 400 images/s, one call per second: the next report is due after 5 s
         clock.now += 1.0
         progress.advance(400)
-    assert lines == []
+    assert len(lines) == 1
     clock.now += 1.0
     progress.advance(400)
-    assert lines == ["hashing test: 2,000 / 4,000 images (50%), 400 images/s, ETA 5s"]
+    assert lines[1:] == ["hashing test: 2,000 / 4,000 images (50%), 400 images/s, ETA 5s"]
     clock.now += 4.9
     progress.advance(1)
-    assert len(lines) == 1  # not 5 s since the last line yet
+    assert len(lines) == 2  # not 5 s since the last line yet
     clock.now += 0.1
     progress.advance(1999)
     progress.finish()
-    assert lines[1:] == ["hashing test: 4,000 / 4,000 images (100%), 400 images/s, ETA 0s",
+    assert lines[2:] == ["hashing test: 4,000 / 4,000 images (100%), 400 images/s, ETA 0s",
                          "hashing test: 4,000 / 4,000 images (100%), 400 images/s, took 10s"]
 
 
@@ -47,7 +49,7 @@ def test_a_stage_shows_and_a_step_that_stops_early_says_how_long_it_took():
     clock.now += 150.0
     progress.advance(3_000)
     progress.finish()
-    assert lines == ["training leaky: 3,000 / 20,000 images (15%), epoch 3/20, 20 images/s, ETA 14m10s",
+    assert lines[1:] == ["training leaky: 3,000 / 20,000 images (15%), epoch 3/20, 20 images/s, ETA 14m10s",
                      "training leaky: 3,000 / 20,000 images (15%), epoch 3/20, 20 images/s, took 2m30s"]
 
 
@@ -107,3 +109,20 @@ def test_hashing_reports_every_image_done_at_the_end(tmp_path):
     hash_images(locations, progress=ProgressReporter(lines.append, "hashing test"))
     final = parse_progress(lines[-1])
     assert (final.label, final.done, final.total, final.unit) == ("hashing test", 6, 6, "images")
+
+
+def test_off_a_terminal_the_cli_prints_progress_to_stderr_and_none_of_it_to_stdout(small_demo, tmp_path, capsys):
+    args = ["audit", "--manifest", str(small_demo), "--out", str(tmp_path / "out")]
+    assert main(args) == EXIT_RAN
+    first = capsys.readouterr()
+    progress = [parse_progress(line) for line in first.err.splitlines()]
+    assert progress and all(progress)  # stderr holds progress lines, and only those
+    finished = {line.label for line in progress if line.finished}
+    assert finished == {"hashing train", "hashing val", "hashing test", "matching", "matching the leak-free split"}
+    assert not any(map(parse_progress, first.out.splitlines()))
+
+    assert main(args) == EXIT_RAN  # every hash cached: nothing to hash, nothing said about it
+    second = capsys.readouterr()
+    assert second.out == first.out
+    assert {line.label for line in map(parse_progress, second.err.splitlines())} == {
+        "matching", "matching the leak-free split"}
