@@ -23,6 +23,7 @@ from leakage_pipeline.audit.splitting import MOVED_WITH_IDENTITY, SPLIT_POLICIES
 from leakage_pipeline.defs.dataset import DATASETS_DIR, load_dataset
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
 from leakage_pipeline.output_lock import OutputLocked
+from leakage_pipeline.progress import ProgressDisplay, ProgressReporter
 from leakage_pipeline.runner import AuditFailed, AuditOutcome, run_audit
 from leakage_pipeline.storage.files import read_parquet
 from leakage_pipeline.storage.locations import UnsupportedLocation, check_location
@@ -129,7 +130,10 @@ def _audit(settings: AuditSettings, verbose: bool, training: TrainingSettings | 
         settings.column_mapping()  # a malformed --columns or location fails here, before any work
         for uri in (settings.manifest_path, settings.output_dir, settings.image_root or ""):
             check_location(uri)
-        outcome = run_audit(settings, log_level="INFO" if verbose else "CRITICAL", training=training)
+        # Progress goes to stderr, so stdout stays the summary alone; --verbose shows it in Dagster's log.
+        with ProgressDisplay(sys.stderr) as display:
+            outcome = run_audit(settings, log_level="INFO" if verbose else "CRITICAL", training=training,
+                                progress=None if verbose else display)
     except (AuditFailed, ManifestError, OutputLocked, UnsupportedLocation) as error:
         print(f"leakage-pipeline: the audit could not run: {error}", file=sys.stderr)
         return EXIT_COULD_NOT_RUN
@@ -165,7 +169,8 @@ def _demo(directory: Path, train: bool, verbose: bool) -> int:
     manifest = data_dir / "manifest.csv"
     if not manifest.exists():
         print(f"building the demo dataset in {data_dir} ...", flush=True)
-        build_demo_dataset(data_dir)
+        with ProgressDisplay(sys.stderr) as display:
+            build_demo_dataset(data_dir, progress=ProgressReporter(display, "building the demo dataset"))
     print("== the team's split, as delivered" + (", then both models trained on the CPU ==" if train else " =="),
           flush=True)
     return _audit(AuditSettings(manifest_path=str(manifest), output_dir=str(directory / "out")), verbose,

@@ -9,6 +9,7 @@ from leakage_pipeline.audit.leak_free_split import LeakFreeSplit
 from leakage_pipeline.defs import assets
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
 from leakage_pipeline.defs.training_assets import LEAK_FREE, LEAKY
+from leakage_pipeline.progress import parse_progress
 from leakage_pipeline.runner import run_audit
 from leakage_pipeline.training.evaluation import LEAK_FREE_SHARED, LEAK_FREE_TEST, LEAKY_SHARED, LEAKY_TEST
 from leakage_pipeline.training.model_files import MODEL_FILE, PREPROCESSING_FILE
@@ -23,10 +24,16 @@ def _metadata(outcome, asset: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(small_demo, tmp_path_factory):
+def progress_lines() -> list[str]:
+    """The progress lines of the ``trained`` run's log."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def trained(small_demo, tmp_path_factory, progress_lines):
     # The team's split leaks (a patient spans splits); both models train on the leak-free split.
     settings = AuditSettings(manifest_path=str(small_demo), output_dir=str(tmp_path_factory.mktemp("trained")))
-    outcome = run_audit(settings, training=TINY)
+    outcome = run_audit(settings, training=TINY, progress=progress_lines.append)
     # Kept as first written: a later test retrains into the same folder.
     return outcome, settings, outcome.files.evaluation_json.read_text()
 
@@ -56,6 +63,14 @@ def test_both_models_train_through_pipes_and_are_evaluated(trained):
         assert files.confusion_image(key).exists()
     assert files.evaluation_markdown.read_text().startswith("# Does leakage move the metric?")
     assert "verdict" in _metadata(outcome, "model_evaluation")
+
+
+def test_training_progress_comes_back_through_pipes(trained, progress_lines):
+    finished = {line.label: line for line in map(parse_progress, progress_lines) if line.finished}
+    for name in (LEAK_FREE, LEAKY):  # written by the training subprocess, relayed by Pipes to the run log
+        training = finished[f"training {name}"]
+        assert training.unit == "images" and training.details.startswith(", epoch 2/2, ")
+    assert {"decoding train for training", "decoding test for training"} <= finished.keys()
 
 
 def test_rerun_decodes_no_image_again(trained):

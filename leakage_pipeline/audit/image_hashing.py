@@ -20,6 +20,7 @@ from PIL import UnidentifiedImageError
 from leakage_pipeline.audit import image_source
 from leakage_pipeline.audit.pixel_limit import MAX_PIXELS, ImageTooLarge, open_image
 from leakage_pipeline.audit.perceptual_hash import HASH_MODE_EXACT, HASH_MODES, perceptual_hashes, prepare
+from leakage_pipeline.progress import ProgressReporter, start_progress
 
 STATUS_OK = "ok"
 STATUS_MISSING = "missing"
@@ -147,6 +148,7 @@ def hash_images(
     checkpoint: Callable[[pl.DataFrame], None] | None = None,
     mode: str = HASH_MODE_EXACT,
     verify: bool = False,
+    progress: ProgressReporter | None = None,
 ) -> HashRun:
     """Hash ``locations`` in ``mode``, reusing rows of ``previous`` whose image is unchanged and
     whose hashes were made in the same mode.
@@ -155,7 +157,8 @@ def hash_images(
     been reused but no longer match their image come back as ``stale``.
 
     ``checkpoint`` receives each finished chunk of new rows, so a caller can persist
-    progress; feeding those rows back as ``previous`` resumes a killed run.
+    progress; feeding those rows back as ``previous`` resumes a killed run. ``progress`` hears
+    how many of the images to hash are done.
     Threads overlap reading with decoding; Pillow and hashlib release the GIL while they work.
     """
     if mode not in HASH_MODES:
@@ -171,11 +174,17 @@ def hash_images(
         done = set(reused["location"].to_list())
         todo = [location for location in unique_locations if location not in done]
         new_parts = []
+        hashing = start_progress(progress, len(todo), "images")
         for chunk in _chunks(todo, chunk_size):
-            part = _frame(list(pool.map(lambda loc: hash_image(loc, limits, mode), chunk)))
+            rows = []
+            for row in pool.map(lambda loc: hash_image(loc, limits, mode), chunk):
+                rows.append(row)
+                hashing.advance()
+            part = _frame(rows)
             if checkpoint is not None:
                 checkpoint(part)
             new_parts.append(part)
+        hashing.finish()
     hashes = pl.concat([reused.select(HASH_SCHEMA.keys()), *new_parts])
     order = pl.DataFrame({"location": unique_locations}, schema={"location": pl.String}).with_row_index("_order")
     hashes = hashes.join(order, on="location").sort("_order").drop("_order")

@@ -25,6 +25,7 @@ from leakage_pipeline.defs.dataset_step import Step, dataset_asset
 from leakage_pipeline.defs.output_files import OutputFiles
 from leakage_pipeline.markdown_tables import frame_markdown
 from leakage_pipeline.storage.files import read_json, read_parquet, remove_tree, write_json, write_parquet, write_text
+from leakage_pipeline.progress import ProgressReporter
 
 GROUP = "audit"
 # A run with this tag set to "true" verifies the hash cache, whatever its settings say.
@@ -127,7 +128,8 @@ def image_hashes(step: Step) -> dg.MaterializeResult:
             chunk_number += 1
 
         run = hash_images(locations, _previous_hashes(files, split), workers=step.audit.hash_workers,
-                          checkpoint=checkpoint, mode=step.audit.hash_mode, verify=verify)
+                          checkpoint=checkpoint, mode=step.audit.hash_mode, verify=verify,
+                          progress=ProgressReporter(step.log.info, f"hashing {split}"))
         write_parquet(run.hashes, files.image_hashes(split))
         remove_tree(progress)
         totals["hashed"] += run.hashed
@@ -175,7 +177,7 @@ def near_duplicate_pairs(step: Step) -> dg.MaterializeResult:
     """Every cross-split pair with equal bytes or a pHash/dHash distance within the max radius."""
     files = step.files
     images = load_audited_images(step)
-    pairs = cross_split_pairs(images, step.splits, step.audit.max_radius)
+    pairs = cross_split_pairs(images, step.splits, step.audit.max_radius, ProgressReporter(step.log.info, "matching"))
     path = write_parquet(pairs, files.near_duplicate_pairs)
     per_pair = {
         f"{q} vs {r}": pairs.filter((pl.col("query_split") == q) & (pl.col("reference_split") == r)).height
@@ -269,7 +271,8 @@ def leak_free_audit(step: Step) -> dg.MaterializeResult:
     files = step.files
     split = read_parquet(files.leak_free.split_assignments)
     images = load_audited_images(step, split)
-    pairs = cross_split_pairs(images, step.splits, step.audit.max_radius)
+    pairs = cross_split_pairs(images, step.splits, step.audit.max_radius,
+                              ProgressReporter(step.log.info, "matching the leak-free split"))
     write_parquet(pairs, files.leak_free.near_duplicate_pairs)
     trusted = read_json(files.report_json)["trusted_radius"]
     settings = ReportSettings(radii=step.audit.report_settings().radii, trusted_radius=trusted)

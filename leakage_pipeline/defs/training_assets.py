@@ -18,6 +18,7 @@ from leakage_pipeline.defs.dataset import Dataset
 from leakage_pipeline.defs.dataset_step import AUDIT, PIPES_CLIENT, TRAINING, Step, dataset_asset
 from leakage_pipeline.storage.locations import is_local
 from leakage_pipeline.storage.files import read_parquet, write_json, write_parquet, write_text
+from leakage_pipeline.progress import ProgressReporter
 from leakage_pipeline.training.confusion_image import write_confusion_matrix
 from leakage_pipeline.training.evaluation import EvaluationInputs, evaluate, evaluation_markdown, summary_markdown
 from leakage_pipeline.training.image_store import build_store, open_stores
@@ -54,7 +55,8 @@ def training_images(step: Step) -> dg.MaterializeResult:
     for split in step.context.partition_keys:
         hashes = read_parquet(files.image_hashes(split), columns=["location", "sha256", "status"])
         built = build_store(hashes, _store_dirs(step)[step.splits.index(split)], shape,
-                            workers=training.decode_workers)
+                            workers=training.decode_workers,
+                            progress=ProgressReporter(step.log.info, f"decoding {split} for training"))
         per_split[split] = {"images": built.images, "decoded": built.decoded, "reused": built.reused,
                             "excluded": built.excluded}
         step.log.info(f"split {split}: {built.images} images stored ({built.decoded} decoded, "

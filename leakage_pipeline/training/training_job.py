@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 
 from leakage_pipeline.storage.files import write_json, write_parquet
+from leakage_pipeline.progress import ProgressReporter
 from leakage_pipeline.training.image_store import ImageStore, open_stores
 from leakage_pipeline.training.preprocessing import Preprocessing
 from leakage_pipeline.training.settings import TrainSettings
@@ -60,7 +61,10 @@ def _labelled(
 
 
 def run_training_job(job: TrainingJob, log: Callable[[str], None] = print) -> dict:
-    """Train, save the model under ``job.model_dir``, predict the test split; return a summary."""
+    """Train, save the model under ``job.model_dir``, predict the test split; return a summary.
+
+    ``log`` gets the epoch log and, at a steady interval, the training's progress.
+    """
     # torch loads here, in the training process, never where the job is only described.
     from leakage_pipeline.training.model_files import save_model
     from leakage_pipeline.training.trainer import DeviceImages, predict_probabilities, train_classifier
@@ -78,7 +82,8 @@ def run_training_job(job: TrainingJob, log: Callable[[str], None] = print) -> di
     preprocessing = Preprocessing.for_shape(job.image_size, job.channels).with_statistics(train.images)
     log(f"training {job.settings.architecture} on {len(train.labels)} images, validating on {len(val.labels)}, "
         f"{len(job.class_names)} classes, {job.image_size}px x {job.channels} channel(s)")
-    result = train_classifier(train, val, len(job.class_names), preprocessing, job.settings, log)
+    progress = ProgressReporter(log, f"training {Path(job.model_dir).name}")
+    result = train_classifier(train, val, len(job.class_names), preprocessing, job.settings, log, progress)
 
     model_dir = Path(job.model_dir)
     save_model(model_dir, result.model, job.settings.architecture, list(job.class_names), preprocessing)
