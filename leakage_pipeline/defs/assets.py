@@ -4,11 +4,15 @@ Each asset calls the plain-Python core, writes its own file under the output dir
 returns a MaterializeResult whose metadata is what a person wants to see in the UI.
 """
 
+import base64
+import io
 import secrets
 from datetime import UTC, datetime
 
 import dagster as dg
 import polars as pl
+from PIL import Image
+from upath import UPath
 
 from leakage_pipeline.audit.image_hashing import STATUSES, hash_images
 from leakage_pipeline.audit.image_source import check_gcs_reachable
@@ -209,7 +213,7 @@ def _report_metadata(report: dict, files: OutputFiles, drawn: int) -> dict:
         "verdict": verdict["text"],
         "verdict_status": verdict["status"],
         "leaked_test_images": verdict["leaked_test_images"],
-        "leaked_test_share": verdict["leaked_share"],
+        "leaked_test_share": rounded(verdict["leaked_share"]),
         "test_images_read": f"{verdict['test_images_read']} of {verdict['test_images']}",
         "leaked_test_images_per_reason": dg.MetadataValue.json(verdict["per_reason"]),
         "leak_reason_overlap": dg.MetadataValue.json(verdict["reason_overlap"]),
@@ -220,8 +224,26 @@ def _report_metadata(report: dict, files: OutputFiles, drawn: int) -> dict:
         "thresholds": dg.MetadataValue.md(threshold_markdown(report)),
         "report": dg.MetadataValue.md(report_markdown(report)),
         "montage_examples": drawn,
+        "montage": dg.MetadataValue.md(_montage_preview(files.montage)),
         "report_dir": dg.MetadataValue.path(str(files.report_dir)),
     }
+
+
+def rounded(value: float | None, digits: int = 4) -> float | None:
+    """What a person compares in the UI (the JSON files keep every digit)."""
+    return None if value is None else round(value, digits)
+
+
+def _montage_preview(montage: UPath, width: int = 900) -> str:
+    """The montage as an inline image for the asset's page: at most ``width`` pixels wide, as a JPEG,
+    so the run's event log stays small; the full-size PNG is in the report folder."""
+    with Image.open(io.BytesIO(montage.read_bytes())) as sheet:
+        sheet = sheet.convert("RGB")
+        if sheet.width > width:
+            sheet = sheet.resize((width, round(sheet.height * width / sheet.width)), Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        sheet.save(buffer, format="JPEG", quality=80)
+    return f"![leak montage](data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()})"
 
 
 def leakage_report(step: Step) -> dg.MaterializeResult:

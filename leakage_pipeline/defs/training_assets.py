@@ -13,6 +13,7 @@ import dagster as dg
 import polars as pl
 
 from leakage_pipeline.audit.splitting import leaky_split, shared_patients
+from leakage_pipeline.defs.assets import rounded
 from leakage_pipeline.defs.checks import leak_free_split_problems
 from leakage_pipeline.defs.dataset import Dataset
 from leakage_pipeline.defs.dataset_step import AUDIT, PIPES_CLIENT, TRAINING, Step, dataset_asset
@@ -149,9 +150,9 @@ def model_evaluation(step: Step) -> dg.MaterializeResult:
         "verdict": summary["verdict"],
         "summary": dg.MetadataValue.md(summary_markdown(summary)),
         "evaluation": dg.MetadataValue.md(markdown),
-        **{f"top1_{key}": row["metrics"]["top1"]["value"] for key, row in summary["rows"].items()},
+        **{f"top1_{key}": rounded(row["metrics"]["top1"]["value"]) for key, row in summary["rows"].items()},
         "shared_test_images": summary["shared_test_images"],
-        "leak_effect_top1": effect["value"] if effect else None,
+        "leak_effect_top1": rounded(effect["value"]) if effect else None,
         "leakage_moved_metric": effect["moved"] if effect else False,
         "path": dg.MetadataValue.path(str(files.evaluation_json)),
     })
