@@ -4,6 +4,10 @@ gcp-storage-emulator (127.0.0.1), through dagster-gcp's GCSResource and gcsfs; n
 import io
 import json
 import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from http import HTTPStatus
 
 import dagster as dg
 import polars as pl
@@ -15,6 +19,7 @@ from leakage_pipeline.defs.automation import build_new_data_sensor
 from leakage_pipeline.defs.dataset import DEFAULT_SPLITS, Dataset
 from leakage_pipeline.defs.dataset_defs import shared_resources
 from leakage_pipeline.defs.settings import AuditSettings
+from leakage_pipeline.output_lock import LOCK_FILE, output_lock
 from leakage_pipeline.runner import AuditFailed, run_audit
 from leakage_pipeline.storage.locations import gcs_client, use_gcs_client
 from leakage_pipeline_tests.conftest import write_image
@@ -128,3 +133,64 @@ def test_a_missing_image_object_is_a_recorded_status(bucket, tmp_path):
     report = json.loads(outcome.files.report_json.read_text())
     assert report["counts"]["per_status"]["missing"] == 1
     assert os.environ["STORAGE_EMULATOR_HOST"].startswith("http://127.0.0.1:")
+
+
+@contextmanager
+def _generation_preconditions_honoured():
+    """gcp-storage-emulator ignores ``ifGenerationMatch``, which real GCS enforces (HTTP 412) and the
+    output lock relies on; for this test its object insert and delete handlers enforce it as GCS does."""
+    from gcp_storage_emulator import server as emulator
+    from gcp_storage_emulator.exceptions import NotFound
+    from gcp_storage_emulator.handlers import objects
+
+    def enforcing(handler, object_name):
+        def checked(request, response, storage, *args, **kwargs):
+            wanted = request.query.get("ifGenerationMatch")
+            if wanted:
+                try:
+                    current = str(storage.get_file_obj(request.params["bucket_name"], object_name(request))["generation"])
+                except NotFound:
+                    current = "0"
+                if current != wanted[0]:
+                    response.status = HTTPStatus.PRECONDITION_FAILED
+                    response.json({"error": {"code": 412, "message": "conditionNotMet"}})
+                    return None
+            return handler(request, response, storage, *args, **kwargs)
+        return checked
+
+    def inserted_name(request):
+        return request.query["name"][0] if "name" in request.query else request.data["meta"]["name"]
+
+    replaced = []
+    for _, methods in emulator.HANDLERS:
+        for method, handler, name in ((emulator.POST, objects.insert, inserted_name),
+                                      (emulator.DELETE, objects.delete, lambda r: r.params["object_id"])):
+            if methods.get(method) is handler:
+                methods[method] = enforcing(handler, name)
+                replaced.append((methods, method, handler))
+    try:
+        yield
+    finally:
+        for methods, method, handler in replaced:
+            methods[method] = handler
+
+
+def test_one_writer_per_gcs_output_root_and_a_dead_holder_is_taken_over(bucket):
+    root = "gs://team/audits/ward"
+    with _generation_preconditions_honoured(), output_lock(root):
+        holder = json.loads(bucket.blob(f"audits/ward/{LOCK_FILE}").download_as_text())
+        assert holder["pid"] == os.getpid()
+        second = _lock_from_another_process(root)
+        assert second.returncode != 0
+        assert f"OutputLocked: output directory {root} is in use by another run (pid {os.getpid()}" in second.stderr
+    assert bucket.get_blob(f"audits/ward/{LOCK_FILE}") is None  # released
+    # A holder that died without releasing: its lease has run out, so the next run takes over.
+    bucket.blob(f"audits/ward/{LOCK_FILE}").upload_from_string(json.dumps({"pid": 1, "lease_until": 0}))
+    with _generation_preconditions_honoured(), output_lock(root, wait_seconds=0):
+        assert json.loads(bucket.blob(f"audits/ward/{LOCK_FILE}").download_as_text())["pid"] == os.getpid()
+
+
+def _lock_from_another_process(root: str) -> subprocess.CompletedProcess:
+    """The lock as a second run takes it: another process (one process's own nested holds are shared)."""
+    code = f"from leakage_pipeline.output_lock import output_lock\nwith output_lock({root!r}, wait_seconds=0.5):\n    pass"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
