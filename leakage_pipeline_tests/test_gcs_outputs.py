@@ -18,7 +18,7 @@ from leakage_pipeline.defs.assets import build_audit_assets
 from leakage_pipeline.defs.automation import build_new_data_sensor
 from leakage_pipeline.defs.dataset import DEFAULT_SPLITS, Dataset
 from leakage_pipeline.defs.dataset_defs import shared_resources
-from leakage_pipeline.defs.settings import AuditSettings
+from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
 from leakage_pipeline.output_lock import LOCK_FILE, output_lock
 from leakage_pipeline.runner import AuditFailed, run_audit
 from leakage_pipeline.storage.locations import gcs_client, use_gcs_client
@@ -194,3 +194,19 @@ def _lock_from_another_process(root: str) -> subprocess.CompletedProcess:
     """The lock as a second run takes it: another process (one process's own nested holds are shared)."""
     code = f"from leakage_pipeline.output_lock import output_lock\nwith output_lock({root!r}, wait_seconds=0.5):\n    pass"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_training_on_a_bucket_puts_image_stores_models_and_evaluation_in_it(bucket, tmp_path):
+    _upload_dataset(bucket, tmp_path / "scratch_images", _rows(32))
+    settings = AuditSettings(manifest_path="gs://team/scans/manifest.csv", output_dir="gs://team/audits/ward",
+                             scratch_dir=str(tmp_path / "scratch"))
+    outcome = run_audit(settings, training=TrainingSettings(image_size=16, epochs=1, bootstrap_resamples=20))
+    assert not outcome.training_blocked
+    written = {blob.name for blob in bucket.list_blobs(prefix="audits/ward/training/")}
+    for name in ("leak_free/model.pt", "leak_free/preprocessing.json", "leak_free/test_predictions.parquet",
+                 "leaky/model.pt", "leaky/split.parquet", "evaluation/evaluation.json", "evaluation/evaluation.md"):
+        assert f"audits/ward/training/{name}" in written, name
+    assert any(name.startswith("audits/ward/training/image_store/16px_3ch/split=test/") for name in written)
+    evaluation = json.loads(bucket.blob("audits/ward/training/evaluation/evaluation.json").download_as_text())
+    assert evaluation["shared_test_images"] > 0

@@ -50,7 +50,7 @@ class Step:
 
     @cached_property
     def files(self) -> OutputFiles:
-        return OutputFiles(self.audit.output_dir)
+        return OutputFiles(self.audit.output_dir, self.audit.scratch_dir)
 
     @property
     def log(self):

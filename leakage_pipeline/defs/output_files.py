@@ -5,6 +5,10 @@ Paths are :class:`upath.UPath` s; read and write them with :mod:`leakage_pipelin
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
+from pathlib import Path
+
 from upath import UPath
 
 from leakage_pipeline.storage.files import Location
@@ -19,9 +23,20 @@ class OutputFiles:
     are laid out the same way under :attr:`leak_free`.
     """
 
-    def __init__(self, output_dir: Location):
+    def __init__(self, output_dir: Location, scratch_dir: str | None = None):
         root = location(output_dir)
         self.root = root.absolute() if is_local(root) else root  # a report names where it is
+        # Training reads its image stores memory-mapped and writes models from another process, so
+        # under a remote root it works on a local copy here and puts the results under the root.
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
+        self.scratch = Path(scratch_dir or Path(tempfile.gettempdir()) / "leakage-pipeline") / digest
+
+    def local_copy(self, path: UPath) -> Path:
+        """Where ``path`` (under the root) is on local disk: itself under a local root, else its place
+        under :attr:`scratch`."""
+        if is_local(self.root):
+            return Path(path.path)
+        return self.scratch / path.relative_to(self.root).as_posix()
 
     @property
     def manifest(self) -> UPath:

@@ -50,6 +50,9 @@ class AuditSettings(dg.ConfigurableResource):
     allow_outside_root: bool = False  # image URIs may name files outside the image root
     resolve_symlinks: bool = False  # a symlinked image and its target are one image
     verify_cache: bool = False  # re-hash every image and report cached hashes that were stale
+    # Under a gs:// output root, training works on local copies of its image stores and models here
+    # (default: the system's temp folder) and puts the results under the root.
+    scratch_dir: str | None = None
     lock_wait_seconds: float = 30.0  # how long a run waits for another run on the same output directory
 
     @contextmanager

@@ -11,14 +11,21 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+from upath import UPath
 
 from leakage_pipeline.audit.splitting import leaky_split, shared_patients
 from leakage_pipeline.defs.assets import rounded
 from leakage_pipeline.defs.checks import leak_free_split_problems
 from leakage_pipeline.defs.dataset import Dataset
 from leakage_pipeline.defs.dataset_step import AUDIT, PIPES_CLIENT, TRAINING, Step, dataset_asset
-from leakage_pipeline.storage.locations import is_local
-from leakage_pipeline.storage.files import read_parquet, write_json, write_parquet, write_text
+from leakage_pipeline.storage.files import (
+    download_tree,
+    read_parquet,
+    upload_tree,
+    write_json,
+    write_parquet,
+    write_text,
+)
 from leakage_pipeline.progress import ProgressReporter
 from leakage_pipeline.training.confusion_image import write_confusion_matrix
 from leakage_pipeline.training.evaluation import EvaluationInputs, evaluate, evaluation_markdown, summary_markdown
@@ -33,19 +40,26 @@ TRAINING_PROCESS = [sys.executable, "-m", "leakage_pipeline.defs.training_proces
 
 
 def _train_val_test(step: Step) -> tuple[str, str, str]:
-    if not is_local(step.files.root):
-        raise dg.Failure(f"training keeps its image stores and models on local disk; dataset {step.dataset.name} "
-                         f"writes to {step.files.root}: train from a local output folder (a mounted volume in a pod)")
     if len(step.splits) < 3:
         raise dg.Failure(f"training needs train, validation and test splits; dataset {step.dataset.name} has "
                          f"{step.splits}")
     return step.splits[0], step.splits[1], step.splits[-1]
 
 
+def _store(step: Step, split: str) -> tuple[UPath, Path]:
+    """The split's image store under the output root, and its local copy (read memory-mapped)."""
+    stored = step.files.training_images(split, step.training.image_size, step.training.channels)
+    return stored, step.files.local_copy(stored)
+
+
 def _store_dirs(step: Step) -> list[Path]:
-    """The image store of each split: local folders (training reads them memory-mapped)."""
-    return [Path(step.files.training_images(split, step.training.image_size, step.training.channels).path)
-            for split in step.splits]
+    """Each split's image store on local disk, copied from the output root when this machine has none."""
+    local_dirs = []
+    for split in step.splits:
+        stored, local = _store(step, split)
+        download_tree(stored, local)
+        local_dirs.append(local)
+    return local_dirs
 
 
 def training_images(step: Step) -> dg.MaterializeResult:
@@ -55,9 +69,11 @@ def training_images(step: Step) -> dg.MaterializeResult:
     per_split = {}
     for split in step.context.partition_keys:
         hashes = read_parquet(files.image_hashes(split), columns=["location", "sha256", "status"])
-        built = build_store(hashes, _store_dirs(step)[step.splits.index(split)], shape,
-                            workers=training.decode_workers,
+        stored, local = _store(step, split)
+        download_tree(stored, local)  # a fresh machine reuses what an earlier run decoded
+        built = build_store(hashes, local, shape, workers=training.decode_workers,
                             progress=ProgressReporter(step.log.info, f"decoding {split} for training"))
+        upload_tree(local, stored)
         per_split[split] = {"images": built.images, "decoded": built.decoded, "reused": built.reused,
                             "excluded": built.excluded}
         step.log.info(f"split {split}: {built.images} images stored ({built.decoded} decoded, "
@@ -84,15 +100,17 @@ def _train_through_pipes(step: Step, name: str, table: pl.DataFrame, metadata: d
     if flagged or spanning:
         raise dg.Failure(f"not training {name}: the leak-free split still leaks ({flagged} flagged image(s), "
                          f"{spanning} patient(s) in more than one split); see its audit, leak_free_audit")
-    model_dir = step.files.model_dir(name)
-    split_table = write_parquet(table, step.files.model_split_table(name))
+    model_dir = step.files.local_copy(step.files.model_dir(name))
+    split_table = write_parquet(table, step.files.local_copy(step.files.model_split_table(name)))
     job = TrainingJob(
-        split_table=str(split_table), store_dirs=tuple(map(str, _store_dirs(step))), class_names=tuple(_class_names(table)),
-        image_size=step.training.image_size, channels=step.training.channels, train_split=train,
-        val_split=val, test_split=test, model_dir=str(model_dir), settings=step.training.train_settings(),
+        split_table=str(split_table.path), store_dirs=tuple(map(str, _store_dirs(step))),
+        class_names=tuple(_class_names(table)), image_size=step.training.image_size,
+        channels=step.training.channels, train_split=train, val_split=val, test_split=test,
+        model_dir=str(model_dir), settings=step.training.train_settings(),
     )
     result = step.pipes.run(context=step.context, command=TRAINING_PROCESS, extras={"job": job.to_dict()})
     reported = result.get_materialize_result()
+    upload_tree(model_dir, step.files.model_dir(name))
     return dg.MaterializeResult(metadata={**(reported.metadata or {}), **metadata})
 
 

@@ -82,3 +82,21 @@ def remove_tree(path: Location) -> None:
     path = location(path)
     if path.exists():
         path.fs.rm(path.path, recursive=True)
+
+
+def upload_tree(local: Path, target: Location) -> None:
+    """Make ``target`` (a folder or prefix) hold exactly the files of the local folder ``local``."""
+    target = location(target)
+    if is_local(target) and Path(target.path) == Path(local):
+        return
+    remove_tree(target)
+    target.fs.put(f"{local}/", target.path, recursive=True)
+
+
+def download_tree(source: Location, local: Path) -> None:
+    """Copy the folder or prefix ``source`` to the local folder ``local`` when ``local`` does not exist yet."""
+    source = location(source)
+    if Path(local).exists() or not source.exists():
+        return
+    Path(local).parent.mkdir(parents=True, exist_ok=True)
+    source.fs.get(f"{source.path}/", str(local), recursive=True)
