@@ -16,8 +16,10 @@ from leakage_pipeline.defs.dataset_defs import dataset_resources, shared_resourc
 from leakage_pipeline.defs.dataset_step import asset_key
 from leakage_pipeline.defs.output_files import OutputFiles
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
+from leakage_pipeline.audit.image_source import StorageUnreachable
 from leakage_pipeline.output_lock import output_lock
 from leakage_pipeline.progress import parse_progress
+from leakage_pipeline.storage.locations import UnsupportedLocation
 
 # The dataset name of a run started from the CLI or a script: the prefix of its asset keys.
 SCRIPT_DATASET = "audit"
@@ -118,6 +120,10 @@ def run_audit(
     dataset = Dataset(name=SCRIPT_DATASET, splits=splits)
     resources = {**shared_resources(), **dataset_resources(dataset, settings, training or TrainingSettings())}
     instance = instance or dg.DagsterInstance.ephemeral()
+    try:
+        settings.check_storage()
+    except (StorageUnreachable, UnsupportedLocation) as error:
+        raise AuditFailed(str(error)) from error
     with output_lock(settings.output_dir, settings.lock_wait_seconds):
         results = [_run_in_process(build_audit_assets(dataset), build_audit_checks(dataset), resources, dataset,
                                    instance, log_level, progress)]

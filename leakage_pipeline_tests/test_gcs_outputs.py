@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from http import HTTPStatus
 
@@ -116,7 +117,7 @@ def test_new_images_in_the_bucket_start_a_run_that_hashes_only_them(bucket, tmp_
 
 @pytest.mark.parametrize("where, message", [
     ("gs://team/scans/absent.csv", "manifest gs://team/scans/absent.csv does not exist"),
-    ("gs://no-such-bucket/m.csv", "manifest gs://no-such-bucket/m.csv"),
+    ("gs://no-such-bucket/m.csv", "bucket gs://no-such-bucket does not exist at http://127.0.0.1"),
     ("gs:/team/scans/manifest.csv", "is not a gs:// URI"),
     ("s3://team/m.csv", "only local paths and gs://bucket/prefix are supported"),
 ])
@@ -210,3 +211,15 @@ def test_training_on_a_bucket_puts_image_stores_models_and_evaluation_in_it(buck
     assert any(name.startswith("audits/ward/training/image_store/16px_3ch/split=test/") for name in written)
     evaluation = json.loads(bucket.blob("audits/ward/training/evaluation/evaluation.json").download_as_text())
     assert evaluation["shared_test_images"] > 0
+
+
+def test_an_unreachable_endpoint_for_the_output_root_fails_in_seconds(tmp_path, monkeypatch):
+    port = _free_port()  # nothing listens there
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    use_gcs_client(None)
+    (tmp_path / "m.csv").write_text("image_uri,patient_id,label,split\na.png,p0,a,train\n")
+    started = time.monotonic()
+    with pytest.raises(AuditFailed, match=rf"cannot read gs://team at http://127.0.0.1:{port} within 5 s"):
+        run_audit(AuditSettings(manifest_path=str(tmp_path / "m.csv"), output_dir="gs://team/audits/ward"))
+    assert time.monotonic() - started < 20
+    use_gcs_client(None)

@@ -159,10 +159,15 @@ def check_gcs_reachable(locations: Iterable[str]) -> None:
 
     retry: Retry = DEFAULT_RETRY.with_timeout(GCS_PREFLIGHT_SECONDS)
     for bucket, name in first_object.items():
+        handle = gcs_client().bucket(bucket)
         try:
-            gcs_client().bucket(bucket).get_blob(name, timeout=GCS_PREFLIGHT_SECONDS, retry=retry)
+            found = handle.get_blob(name, timeout=GCS_PREFLIGHT_SECONDS, retry=retry) if name else None
+            # A missing object is fine; a missing bucket means every object is missing.
+            bucket_exists = found is not None or handle.exists(timeout=GCS_PREFLIGHT_SECONDS, retry=retry)
         except Exception as error:  # connection, timeout, credentials, permission: all mean "cannot read"
             raise StorageUnreachable(
                 f"cannot read gs://{bucket} at {_gcs_endpoint()} within {GCS_PREFLIGHT_SECONDS:.0f} s "
                 f"({type(error).__name__}: {str(error)[:300]}); check the endpoint, network and credentials"
             ) from error
+        if not bucket_exists:
+            raise StorageUnreachable(f"bucket gs://{bucket} does not exist at {_gcs_endpoint()}")

@@ -13,12 +13,13 @@ from dataclasses import fields
 import dagster as dg
 from dagster_gcp import GCSResource
 
+from leakage_pipeline.audit.image_source import check_gcs_reachable
 from leakage_pipeline.audit.manifest import ColumnMapping, LocationRules
 from leakage_pipeline.audit.perceptual_hash import HASH_MODE_EXACT
 from leakage_pipeline.audit.report import ReportSettings
 from leakage_pipeline.audit.splitting import POLICY_KEEP, SplitPlan
 from leakage_pipeline.output_lock import output_lock
-from leakage_pipeline.storage.locations import is_gcs, use_gcs_client
+from leakage_pipeline.storage.locations import check_location, is_gcs, use_gcs_client
 from leakage_pipeline.training.settings import TrainSettings
 
 _TRAIN_DEFAULTS = TrainSettings()
@@ -60,8 +61,15 @@ class AuditSettings(dg.ConfigurableResource):
         if context.run is None:  # a sensor or schedule evaluation: it writes nothing
             yield self
             return
+        self.check_storage()
         with output_lock(self.output_dir, self.lock_wait_seconds):
             yield self
+
+    def check_storage(self) -> None:
+        """Before any work: every location is a local path or gs:// URI, and each bucket answers within
+        seconds (:class:`StorageUnreachable` naming the endpoint otherwise)."""
+        locations = [check_location(uri) for uri in (self.manifest_path, self.output_dir, self.image_root) if uri]
+        check_gcs_reachable(locations)
 
     def column_mapping(self) -> ColumnMapping:
         return ColumnMapping.parse(self.columns)
