@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import subprocess
 import sys
@@ -76,7 +77,10 @@ def _no_change_run(directory: Path) -> tuple[float, float, int]:
         build_demo_dataset(manifest.parent)
     os.environ.update(LEAKAGE_MANIFEST=str(manifest), LEAKAGE_OUTPUT_DIR=str(directory / "out"))
     tags = partition_range_tags(["train", "val", "test"])
-    with dg.instance_for_test(temp_dir=str(directory / "dagster_home")) as instance:
+    home = directory / "dagster_home"
+    shutil.rmtree(home, ignore_errors=True)  # a fresh instance: the first run does the work, the second none
+    home.mkdir(parents=True)
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
         job = dg.reconstructable(audit_job_multiprocess)
         for attempt in ("first", "no change"):
             started = time.perf_counter()
