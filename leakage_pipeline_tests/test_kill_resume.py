@@ -20,6 +20,7 @@ from PIL import Image
 from leakage_pipeline_tests.conftest import canonical_json
 import leakage_pipeline.audit.image_hashing as image_hashing
 import leakage_pipeline.defs.assets as assets
+import leakage_pipeline.defs.training_assets as training_assets
 from leakage_pipeline.cli import main
 
 stage, argv = sys.argv[1], sys.argv[2:]
@@ -44,6 +45,8 @@ elif stage == "report":  # half way through writing the montage PNG, the report 
             handle.write(b"\\x89PNG half")
         die()
     Image.Image.save = save_half_then_die
+elif stage == "train":  # both models trained and saved, their evaluation not yet written
+    training_assets.evaluate = die
 sys.exit(main(argv))
 """
 
@@ -53,8 +56,8 @@ OUTPUTS = ["manifest.parquet", "split_assignments.parquet", "image_hashes/split=
            "report/leakage_pairs_montage.png"]
 
 
-def _audit(manifest: Path, out: Path, stage: str | None = None) -> subprocess.CompletedProcess:
-    argv = ["audit", "--manifest", str(manifest), "--out", str(out)]
+def _audit(manifest: Path, out: Path, stage: str | None = None, extra: list[str] = ()) -> subprocess.CompletedProcess:
+    argv = ["audit", "--manifest", str(manifest), "--out", str(out), *extra]
     command = [sys.executable, "-c", KILLER, stage, *argv] if stage else [
         sys.executable, "-m", "leakage_pipeline.cli", *argv]
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -95,3 +98,20 @@ def test_a_run_killed_at_each_stage_resumes_to_the_clean_result(small_demo, clea
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     _same_outputs(clean_run, out)
     assert not list((out / "image_hashes").glob("_in_progress_*"))
+
+
+TRAIN = ["--train", "--epochs", "1", "--image-size", "16"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_training_resumes_to_the_clean_evaluation(small_demo, tmp_path):
+    clean, out = tmp_path / "clean", tmp_path / "out"
+    assert _audit(small_demo, clean, extra=TRAIN).returncode == 0
+    killed = _audit(small_demo, out, "train", extra=TRAIN)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (out / "training" / "leak_free" / "model.pt").exists()
+    assert not (out / "training" / "evaluation" / "evaluation.json").exists()
+    resumed = _audit(small_demo, out, extra=TRAIN)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    evaluation = "training/evaluation/evaluation.json"
+    assert (clean / evaluation).read_text() == (out / evaluation).read_text()
