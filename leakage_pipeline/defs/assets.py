@@ -6,7 +6,9 @@ returns a MaterializeResult whose metadata is what a person wants to see in the 
 
 import base64
 import io
+import itertools
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -107,6 +109,16 @@ def _previous_hashes(files: OutputFiles, split: str) -> pl.DataFrame | None:
     return pl.concat([read_parquet(p) for p in sources], how="diagonal_relaxed") if sources else None
 
 
+def _chunk_writer(folder: UPath, run_token: str) -> Callable[[pl.DataFrame], None]:
+    """Writes each finished chunk of a hashing run as the next numbered checkpoint in ``folder``."""
+    numbers = itertools.count()
+
+    def checkpoint(chunk: pl.DataFrame) -> None:
+        write_parquet(chunk, folder / f"chunk-{run_token}-{next(numbers):06d}.parquet")
+
+    return checkpoint
+
+
 def image_hashes(step: Step) -> dg.MaterializeResult:
     """sha256, pHash and dHash of every image in the split; unchanged images are reused from the last run.
 
@@ -122,20 +134,13 @@ def image_hashes(step: Step) -> dg.MaterializeResult:
     run_token = secrets.token_hex(4)  # this run's checkpoint names never collide with another's
     for split in step.context.partition_keys:
         locations = assignments.filter(pl.col("split") == split)["location"].to_list()
-        progress = files.hash_progress(split)
-        progress.mkdir(parents=True, exist_ok=True)
-        chunk_number = 0
-
-        def checkpoint(chunk: pl.DataFrame) -> None:
-            nonlocal chunk_number
-            write_parquet(chunk, progress / f"chunk-{run_token}-{chunk_number:06d}.parquet")
-            chunk_number += 1
-
+        in_progress = files.hash_progress(split)
+        in_progress.mkdir(parents=True, exist_ok=True)
         run = hash_images(locations, _previous_hashes(files, split), workers=step.audit.hash_workers,
-                          checkpoint=checkpoint, mode=step.audit.hash_mode, verify=verify,
+                          checkpoint=_chunk_writer(in_progress, run_token), mode=step.audit.hash_mode, verify=verify,
                           progress=ProgressReporter(step.log.info, f"hashing {split}"))
         write_parquet(run.hashes, files.image_hashes(split))
-        remove_tree(progress)
+        remove_tree(in_progress)
         totals["hashed"] += run.hashed
         totals["reused"] += run.reused
         stale_parts.append(run.stale.with_columns(split=pl.lit(split)))
