@@ -10,9 +10,15 @@ there (too few patients with repeated images, or subjects no keypoint can tell a
 accepted and the stage says why. A review band below it (precision at least ``review_precision``)
 lists pairs a person should look at.
 
-The precision holds at the calibration pairs' own mix of true and false candidates; a test split
-with fewer true re-shots among its candidates would see a lower one. Two images of one patient
-filed under two ids in training count as false here, which only makes the estimate cautious.
+Precision depends on how many true pairs are among the candidates: within training most
+images have their own patient's other images among their neighbours, while most val and test
+images have no twin at all, so the same threshold is less precise there. When the audited pairs'
+inliers are given, a threshold must therefore also hold at their own mix: the false accepts to
+expect among them are the calibration false-accept rate (false pairs at or above the threshold,
+plus half a pair, so that a threshold no calibration false pair reached still expects some) times
+the audited candidates, and the estimated precision is one minus those over the pairs the
+threshold accepts. Two images of one patient filed under two ids in training count as false here,
+which only makes the estimate cautious.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class Calibration:
     review_threshold: int | None  # pairs from here up to the threshold are worth a look
     precision: float | None  # at the threshold, on the calibration pairs
     recall: float | None
+    audited_precision: float | None  # estimated at the threshold on the audited pairs' own mix (when given)
     true_pairs: int  # calibration pairs of one patient
     false_pairs: int  # calibration pairs of two patients
     true_accepted: int
@@ -50,35 +57,52 @@ class Calibration:
         return dict(self.__dict__)
 
 
-def precision_recall_curve(inliers: np.ndarray, same: np.ndarray) -> list[dict]:
-    """Per distinct inlier count t: pairs, true and false pairs with at least t inliers, precision, recall."""
+def precision_recall_curve(inliers: np.ndarray, same: np.ndarray, audited: np.ndarray | None = None) -> list[dict]:
+    """Per distinct inlier count t: true and false calibration pairs with at least t inliers, precision,
+    recall; with ``audited`` (the audited pairs' inliers) also the audited pairs accepted at t, the false
+    accepts to expect among them and the precision that leaves (see the module notes)."""
     inliers, same = np.asarray(inliers, np.int64), np.asarray(same, bool)
-    total_true = int(same.sum())
+    total_true, total_false = int(same.sum()), int((~same).sum())
+    thresholds = np.unique(np.concatenate([inliers, [] if audited is None else np.asarray(audited, np.int64)]))
     rows = []
-    for threshold in np.unique(inliers):
+    for threshold in thresholds.astype(np.int64):
         above = inliers >= threshold
         true, false = int((above & same).sum()), int((above & ~same).sum())
-        rows.append({"threshold": int(threshold), "true": true, "false": false,
-                     "precision": true / (true + false), "recall": true / total_true if total_true else 0.0})
+        row = {"threshold": int(threshold), "true": true, "false": false,
+               "precision": true / (true + false) if true + false else 1.0,
+               "recall": true / total_true if total_true else 0.0}
+        if audited is not None:
+            accepted = int((np.asarray(audited) >= threshold).sum())
+            expected_false = (false + 0.5) / (total_false + 1) * len(audited)
+            row |= {"audited_accepted": accepted, "audited_expected_false": expected_false,
+                    "audited_precision": max(0.0, 1 - expected_false / accepted) if accepted else 1.0}
+        rows.append(row)
     return rows
 
 
 def _lowest_holding(curve: list[dict], precision: float, min_true: int, floor: int) -> dict | None:
-    """The lowest threshold (at least ``floor``) from which precision never falls below ``precision``."""
+    """The lowest threshold (at least ``floor``) from which precision never falls below ``precision``.
+
+    The curve has a row per observed inlier count; every threshold between two observed counts
+    accepts the same calibration pairs as the higher count, so the threshold returned is the lowest
+    of those (one above the count below), never under ``floor``."""
     chosen = None
-    for row in reversed(curve):  # from the highest threshold down
-        if row["precision"] < precision:
+    for position in range(len(curve) - 1, -1, -1):  # from the highest threshold down
+        row = curve[position]
+        if row["precision"] < precision or row.get("audited_precision", 1.0) < precision:
             break
         if row["threshold"] >= floor and row["true"] >= min_true:
-            chosen = row
+            below = curve[position - 1]["threshold"] + 1 if position else floor
+            chosen = {**row, "threshold": max(floor, below)}
     return chosen
 
 
-def calibrate(inliers: np.ndarray, same: np.ndarray, settings: CalibrationSettings = CalibrationSettings()
-              ) -> Calibration:
-    """The threshold from calibration pairs' ``inliers`` and whether each pair is of one patient (``same``)."""
+def calibrate(inliers: np.ndarray, same: np.ndarray, settings: CalibrationSettings = CalibrationSettings(),
+              audited: np.ndarray | None = None) -> Calibration:
+    """The threshold from calibration pairs' ``inliers`` and whether each pair is of one patient (``same``);
+    with ``audited`` (the audited candidate pairs' inliers) it must also hold at their mix."""
     same = np.asarray(same, bool)
-    curve = precision_recall_curve(inliers, same)
+    curve = precision_recall_curve(inliers, same, audited)
     true_pairs, false_pairs = int(same.sum()), int((~same).sum())
     # Thresholds below the floor cannot be chosen, but the curve from the floor up must hold.
     chosen = _lowest_holding(curve, settings.target_precision, settings.min_true_pairs, settings.min_inliers)
@@ -91,11 +115,12 @@ def calibrate(inliers: np.ndarray, same: np.ndarray, settings: CalibrationSettin
         else:
             reason = (f"no inlier threshold reaches {settings.target_precision:.0%} precision with at least "
                       f"{settings.min_true_pairs} true pairs on {true_pairs} true and {false_pairs} false "
-                      "calibration pairs")
+                      "calibration pairs" + ("" if audited is None else " and on the audited pairs' own mix"))
         return Calibration(threshold=None, review_threshold=None, precision=None, recall=None, true_accepted=0,
-                           false_accepted=0, reason=reason, **common)
+                           false_accepted=0, reason=reason, audited_precision=None, **common)
     review = _lowest_holding(curve, settings.review_precision, 1, settings.min_inliers)
     review_threshold = review["threshold"] if review and review["threshold"] < chosen["threshold"] else None
     return Calibration(threshold=chosen["threshold"], review_threshold=review_threshold,
                        precision=chosen["precision"], recall=chosen["recall"], true_accepted=chosen["true"],
-                       false_accepted=chosen["false"], reason=None, **common)
+                       false_accepted=chosen["false"], reason=None,
+                       audited_precision=chosen.get("audited_precision"), **common)

@@ -15,8 +15,8 @@ import numpy as np
 class EmbeddingSettings:
     image_size: int = 64
     dimensions: int = 64
-    width: int = 32  # channels of the first block; later blocks double it
-    epochs: int = 60
+    width: int = 16  # channels of the first block; later blocks double it
+    epochs: int = 12  # a few hundred steps at most: minutes on two shared CPU cores
     batch_patients: int = 64  # patients per batch, two views each
     learning_rate: float = 3e-3
     temperature: float = 0.1

@@ -67,7 +67,7 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return low + (high - low) * torch.rand(n, *shape, generator=generator, device=device)
 
     angle = uniform(0, 2 * math.pi)
-    zoom = uniform(0.6, 1.0)  # the share of the image side the view covers
+    zoom = uniform(0.75, 1.0)  # the share of the image side the view covers
     mirror = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
     shift = uniform(-1, 1, 2) * (1 - zoom)[:, None]
     cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
@@ -145,7 +145,7 @@ def train_embedding(images: np.ndarray, patient_codes: np.ndarray, settings: Emb
             loss.backward()
             optimiser.step()
             schedule.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses))})
         if log is not None and (epoch + 1) % 10 == 0:
             log(f"embedding epoch {epoch + 1}/{settings.epochs}: loss {history[-1]['loss']:.3f}")

@@ -50,7 +50,10 @@ class MatcherSettings:
     # On by default only where it can calibrate: enough training images, and patients with repeated images.
     min_training_images: int = 300
     min_repeated_patients: int = 20
-    calibration_queries: int = 600  # training images whose neighbours give the calibration pairs
+    # Training images whose neighbours give the calibration pairs: as many as there are audited
+    # (val and test) images, so the false-accept rate is measured on as many pairs as it is applied to
+    # (see calibration.py), and at least this many.
+    min_calibration_queries: int = 600
     # The kept model is trained again when the training split has grown by more than this share since.
     retrain_growth: float = 0.25
     workers: int = 2
@@ -253,8 +256,9 @@ def run_same_subject(images: pl.DataFrame, split_order: list[str], directory: Pa
         cosines.append(similarity[valid])
         queries_searched += len(queries)
     train_rows = np.flatnonzero(train_mask)
-    sample = np.sort(np.random.default_rng(settings.seed).choice(
-        train_rows, min(settings.calibration_queries, len(train_rows)), replace=False))
+    wanted = max(settings.min_calibration_queries, queries_searched)
+    sample = np.sort(np.random.default_rng(settings.seed).choice(train_rows, min(wanted, len(train_rows)),
+                                                                 replace=False))
     similarity, found = nearest(matrix[sample], matrix[train_rows], settings.search.top_k, settings.search,
                                 exclude_self=False)
     cost["search_seconds"] = time.perf_counter() - started
@@ -285,8 +289,8 @@ def run_same_subject(images: pl.DataFrame, split_order: list[str], directory: Pa
     patients = readable["patient_id"].to_numpy()
     calibration_inliers = inliers[len(audit_q):]
     same_patient = patients[unique_pairs[:, 0]] == patients[unique_pairs[:, 1]]
-    calibration = calibrate(calibration_inliers, same_patient, settings.calibration)
     audit_inliers = inliers[: len(audit_q)]
+    calibration = calibrate(calibration_inliers, same_patient, settings.calibration, audit_inliers)
     threshold = calibration.threshold
     accepted = audit_inliers >= threshold if threshold is not None else np.zeros(len(audit_q), bool)
     review_floor = calibration.review_threshold
