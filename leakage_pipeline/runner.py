@@ -10,6 +10,7 @@ from leakage_pipeline.defs.assets import AUDIT_ASSETS
 from leakage_pipeline.defs.automation import audit_run_tags
 from leakage_pipeline.defs.checks import AUDIT_CHECKS, leak_free_split_is_clean
 from leakage_pipeline.defs.output_files import OutputFiles
+from leakage_pipeline.defs.same_subject_assets import SAME_SUBJECT_ASSETS
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings, pipeline_resources
 from leakage_pipeline.defs.training_assets import TRAINING_ASSETS
 from leakage_pipeline.output_lock import output_lock
@@ -47,7 +48,7 @@ def run_audit(
     """
     with output_lock(settings.output_dir, settings.lock_wait_seconds):
         result = dg.materialize(
-            [*AUDIT_ASSETS, *AUDIT_CHECKS, *(TRAINING_ASSETS if training is not None else [])],
+            [*AUDIT_ASSETS, *SAME_SUBJECT_ASSETS, *AUDIT_CHECKS, *(TRAINING_ASSETS if training is not None else [])],
             resources=pipeline_resources(settings, training or TrainingSettings()),
             tags=audit_run_tags(),
             instance=instance,

@@ -241,7 +241,8 @@ def _report_metadata(report: dict, files: OutputFiles, drawn: int) -> dict:
     }
 
 
-@dg.asset(group_name=GROUP, deps=[near_duplicate_pairs, split_integrity, image_hashes], kinds={"json", "markdown"})
+@dg.asset(group_name=GROUP, deps=[near_duplicate_pairs, split_integrity, image_hashes, "same_subject_pairs"],
+          kinds={"json", "markdown"})
 def leakage_report(context: dg.AssetExecutionContext, audit: AuditSettings) -> dg.MaterializeResult:
     """The audit's answer: coverage, thresholds, label agreement, identities, every leaked image with its
     reasons, a montage per reason, and the verdict."""
@@ -250,7 +251,10 @@ def leakage_report(context: dg.AssetExecutionContext, audit: AuditSettings) -> d
     pairs = pl.read_parquet(files.near_duplicate_pairs)
     # Recomputed from the assignments (cheap, reads no image) rather than parsed back from JSON.
     findings = check_split_integrity(pl.read_parquet(files.split_assignments))
-    audit_report = build_report(images, pairs, findings, list(SPLIT_NAMES), audit.report_settings())
+    from leakage_pipeline.defs.same_subject_assets import read_same_subject  # that module imports this one
+
+    audit_report = build_report(images, pairs, findings, list(SPLIT_NAMES), audit.report_settings(),
+                                *read_same_subject(files))
     write_parquet(audit_report.identities, files.identities)
     drawn = _write_report(audit_report, images, files, audit.montage_per_reason)
     context.log.info(audit_report.report["verdict"]["text"])

@@ -7,12 +7,13 @@ from pathlib import Path
 import dagster as dg
 
 from leakage_pipeline.defs.assets import AUDIT_ASSETS
+from leakage_pipeline.defs.same_subject_assets import SAME_SUBJECT_ASSETS
 from leakage_pipeline.defs.settings import SPLIT_NAMES, AuditSettings
 from leakage_pipeline.defs.training_assets import TRAINING_ASSETS
 
 audit_job = dg.define_asset_job(
     "leakage_audit",
-    selection=dg.AssetSelection.assets(*AUDIT_ASSETS),
+    selection=dg.AssetSelection.assets(*AUDIT_ASSETS, *SAME_SUBJECT_ASSETS),
     description="Manifest to leakage report; hashes every split in one run.",
 )
 

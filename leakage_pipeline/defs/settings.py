@@ -52,6 +52,7 @@ class AuditSettings(dg.ConfigurableResource):
     resolve_symlinks: bool = False  # a symlinked image and its target are one image
     verify_cache: bool = False  # re-hash every image and report cached hashes that were stale
     lock_wait_seconds: float = 30.0  # how long a run waits for another run on the same output directory
+    same_subject: bool = True  # the same-subject stage (it also skips itself where it cannot calibrate)
 
     @contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator["AuditSettings"]:
@@ -120,6 +121,7 @@ def settings_from_env() -> AuditSettings:
         hash_mode=env("LEAKAGE_HASH_MODE", HASH_MODE_EXACT),
         allow_outside_root=_env_flag("LEAKAGE_ALLOW_OUTSIDE_ROOT"),
         resolve_symlinks=_env_flag("LEAKAGE_RESOLVE_SYMLINKS"),
+        same_subject=not _env_flag("LEAKAGE_NO_SAME_SUBJECT"),
     )
 
 
