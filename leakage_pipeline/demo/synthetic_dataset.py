@@ -254,23 +254,34 @@ def _fine_field(rng: np.random.Generator, side: int, cell: int) -> np.ndarray:
 
 
 def _lesion_surface(rng: np.random.Generator, side: int) -> np.ndarray:
-    """The physical subject, (side, side, 3) in [0, 1]: skin with pores and creases at several scales, and
-    a lesion with an irregular border and pigment network. It is the same on every photograph."""
-    tone = rng.uniform(0.7, 1.0) * rng.uniform(0.95, 1.05, 3) * np.array([1.0, 0.74, 0.6])
+    """The physical subject, (side, side, 3) in [0, 1]: skin with pores and creases at several scales, a
+    lesion with an irregular border and pigment network, and a few smaller moles around it, each patient
+    with their own skin tone, lesion colour and layout. It is the same on every photograph."""
+    tone = rng.uniform(0.6, 1.0) * rng.uniform(0.9, 1.1, 3) * np.array([1.0, rng.uniform(0.6, 0.85),
+                                                                       rng.uniform(0.45, 0.7)])
+    pigment = rng.uniform(0.2, 0.6, 3)  # the lesion's own colour, mixed into the skin where it is dark
     texture = sum(weight * (_fine_field(rng, side, cell) - 0.5)
                   for weight, cell in ((0.5, max(2, side // 170)), (0.35, max(3, side // 73)),
                                        (0.25, max(4, side // 32)), (0.2, max(6, side // 13))))
     y, x = np.ogrid[:side, :side]
+
+    def blob(cy: float, cx: float, rx: float, ry: float, roughness: float) -> np.ndarray:
+        angle = rng.uniform(0, np.pi)
+        u = ((x - cx) * np.cos(angle) + (y - cy) * np.sin(angle)) / rx
+        v = (-(x - cx) * np.sin(angle) + (y - cy) * np.cos(angle)) / ry
+        border = 1 + roughness * (_fine_field(rng, side, max(6, side // 20)) - 0.5)
+        return np.clip((border - (u * u + v * v)) * 3, 0, 1)
+
     cy, cx = side / 2 + rng.normal(0, side * 0.05, 2)
-    angle = rng.uniform(0, np.pi)
-    rx, ry = side * rng.uniform(0.12, 0.22), side * rng.uniform(0.1, 0.18)
-    u = ((x - cx) * np.cos(angle) + (y - cy) * np.sin(angle)) / rx
-    v = (-(x - cx) * np.sin(angle) + (y - cy) * np.cos(angle)) / ry
-    border = 1 + (_fine_field(rng, side, max(6, side // 20)) - 0.5)
-    lesion = np.clip((border - (u * u + v * v)) * 3, 0, 1)
+    lesion = blob(cy, cx, side * rng.uniform(0.1, 0.24), side * rng.uniform(0.08, 0.18), 1.0)
+    for _ in range(int(rng.integers(1, 4, endpoint=True))):  # satellite moles
+        radius = side * rng.uniform(0.02, 0.05)
+        lesion = np.maximum(lesion, blob(*rng.uniform(0.1, 0.9, 2) * side, radius, radius * rng.uniform(0.7, 1), 0.3))
     network = (_fine_field(rng, side, max(3, side // 100)) > 0.55).astype(np.float32)
-    value = (0.62 + 0.18 * texture) * (1 - lesion * (0.35 + 0.3 * network))
-    return np.clip(np.stack([value * t for t in tone], axis=-1), 0, 1)
+    value = 0.62 + 0.18 * texture
+    darkness = (lesion * (0.35 + 0.3 * network))[..., None]
+    skin = np.stack([value * t for t in tone], axis=-1)
+    return np.clip(skin * (1 - darkness) + darkness * skin * pigment, 0, 1)
 
 
 def _photograph(surface: np.ndarray, rng: np.random.Generator, out: int) -> Image.Image:

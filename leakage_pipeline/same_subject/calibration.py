@@ -13,7 +13,7 @@ lists pairs a person should look at.
 Precision depends on how many true pairs are among the candidates: within training most
 images have their own patient's other images among their neighbours, while most val and test
 images have no twin at all, so the same threshold is less precise there. When the audited pairs'
-inliers are given, a threshold must therefore also hold at their own mix: the false accepts to
+inliers are given, the chosen threshold must therefore also reach the target at their own mix: the false accepts to
 expect among them are the calibration false-accept rate (false pairs at or above the threshold,
 plus half a pair, so that a threshold no calibration false pair reached still expects some) times
 the audited candidates, and the estimated precision is one minus those over the pairs the
@@ -89,9 +89,11 @@ def _lowest_holding(curve: list[dict], precision: float, min_true: int, floor: i
     chosen = None
     for position in range(len(curve) - 1, -1, -1):  # from the highest threshold down
         row = curve[position]
-        if row["precision"] < precision or row.get("audited_precision", 1.0) < precision:
+        if row["precision"] < precision:
             break
-        if row["threshold"] >= floor and row["true"] >= min_true:
+        # The audited estimate is judged at the threshold itself, not above it: at high thresholds few
+        # pairs are accepted, and the half pair of expected false accepts weighs more there.
+        if row["threshold"] >= floor and row["true"] >= min_true and row.get("audited_precision", 1.0) >= precision:
             below = curve[position - 1]["threshold"] + 1 if position else floor
             chosen = {**row, "threshold": max(floor, below)}
     return chosen
