@@ -36,6 +36,7 @@ def split_by_cache(images: pl.DataFrame, previous: pl.DataFrame | None, tag: str
 
 def store(reused: pl.DataFrame, computed: pl.DataFrame, path: Path) -> pl.DataFrame:
     """The cache of the current images (reused and newly computed rows); images no longer listed are dropped."""
-    frame = pl.concat([part for part in (reused, computed) if part.width], how="vertical_relaxed")
+    parts = [part for part in (reused, computed) if part.width]
+    frame = pl.concat(parts, how="vertical_relaxed") if parts else pl.DataFrame()
     write_parquet(frame, path)
     return frame
