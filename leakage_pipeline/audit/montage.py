@@ -81,7 +81,8 @@ def write_montage(examples: pl.DataFrame, path: Path, columns: int = 2) -> int:
         if example["reason"] == SAME_SUBJECT:
             _draw_matched_keypoints(draw, example, (x0 + _PAD, y0 + _PAD), (x0 + 2 * _PAD + _THUMB, y0 + _PAD))
         caption = example["reason"].replace("_", " ") + (
-            "" if example["distance"] is None else f", distance {example['distance']}")
+            f", {example['evidence'].split(',')[0]}" if example["reason"] == SAME_SUBJECT  # "N inliers"
+            else "" if example["distance"] is None else f", distance {example['distance']}")
         draw.text((x0 + _PAD, y0 + _PAD + _THUMB + 30), caption, fill=(200, 0, 0), font=font)
     replace_atomically(path, sheet.save)
     return examples.height
