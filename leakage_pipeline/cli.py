@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--lock-wait", type=float, default=AUDIT_DEFAULTS["lock_wait_seconds"],
                        help="seconds to wait while another run holds the output directory "
                             f"(default {AUDIT_DEFAULTS['lock_wait_seconds']:g})")
+    audit.add_argument("--no-same-subject", action="store_true",
+                       help="skip the same-subject stage (a learned matcher with keypoint verification)")
     audit.add_argument("--train", action="store_true",
                        help="also train the leak-free and the leaky model and evaluate both (skipped when a "
                             "patient spans splits)")
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             columns=args.columns, split_policy=args.split_policy, max_radius=args.max_radius,
             seed=args.seed, hash_workers=args.workers, hash_mode=args.hash_mode,
             allow_outside_root=args.allow_outside_root, resolve_symlinks=args.resolve_symlinks,
-            verify_cache=args.verify, lock_wait_seconds=args.lock_wait,
+            verify_cache=args.verify, lock_wait_seconds=args.lock_wait, same_subject=not args.no_same_subject,
         ), args.verbose, training)
     if args.command == "predict":
         return _predict(args.images, args.model, args.device)

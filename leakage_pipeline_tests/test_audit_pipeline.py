@@ -50,7 +50,7 @@ def test_definitions_load_with_job_schedule_and_sensor():
     assert defs.resolve_schedule_def("demo_nightly_audit").cron_schedule == "0 2 * * *"
     assert defs.resolve_sensor_def("demo_new_data") is not None
     assert defs.resolve_job_def("demo_training") is not None
-    assert len(defs.resolve_asset_graph().get_all_asset_keys()) == 12
+    assert len(defs.resolve_asset_graph().get_all_asset_keys()) == 13
 
 
 def test_audit_writes_every_report_file(audited):
@@ -88,8 +88,10 @@ def test_audit_finds_every_planted_leak_with_its_reason(audited):
     for uri in manifest_rows.filter(pl.col("patient_id") == twins["second_id"])["image_uri"]:
         assert "linked_patient" in test_reasons[uri]  # every image of the twin, duplicate or not
     spanning = planted["patient_spanning_splits"]
-    assert [r["patient_id"] for r in report["split_integrity"]["patients_spanning_splits"]["examples"]] == [
-        spanning["patient_id"]]
+    # Besides the planted one, the patients re-shot under their own id span splits too.
+    reshot_same_id = [r["patient_id"] for r in planted["reshots"] if r["same_id"]]
+    assert sorted(r["patient_id"] for r in report["split_integrity"]["patients_spanning_splits"]["examples"]) == \
+        sorted([spanning["patient_id"], *reshot_same_id])
     spanning_test = manifest_rows.filter((pl.col("patient_id") == spanning["patient_id"]) & (pl.col("split") == "test"))
     for uri in spanning_test["image_uri"]:
         assert "same_patient" in test_reasons[uri]

@@ -22,8 +22,14 @@ def test_demo_finds_every_planted_case_then_measures_the_leak_on_the_same_images
         assert copy["image_uri"] in flagged, copy
     links = {(r["query_patient_id"], r["reference_patient_id"]) for r in report["patient_links"]["pairs"]}
     assert (planted["reenrolled_patient"]["second_id"], planted["reenrolled_patient"]["original"]) in links
-    assert [r["patient_id"] for r in report["split_integrity"]["patients_spanning_splits"]["examples"]] == [
-        planted["patient_spanning_splits"]["patient_id"]]
+    # Besides the planted one, the patients re-shot under their own id span splits too.
+    reshot_same_id = [r["patient_id"] for r in planted["reshots"] if r["same_id"]]
+    assert sorted(r["patient_id"] for r in report["split_integrity"]["patients_spanning_splits"]["examples"]) == \
+        sorted([planted["patient_spanning_splits"]["patient_id"], *reshot_same_id])
+    # The re-shots of a training patient's lesion, under any id: found by the same-subject stage.
+    same_subject = {row["image_uri"] for row in report["flagged"]["images"] if "same_subject" in row["reasons"]}
+    found = [r["image_uri"] in same_subject for r in planted["reshots"]]
+    assert sum(found) >= 0.8 * len(found) and report["same_subject"]["calibration"]["audited_precision"] >= 0.95
     assert report["counts"]["per_status"]["unreadable"] == 1
     # dHash on the smooth images collides across labels; pHash stays trustworthy for re-encodes.
     assert "dhash" in report["coincidental_hashes"]

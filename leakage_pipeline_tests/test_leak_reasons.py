@@ -62,7 +62,8 @@ def test_the_verdict_counts_the_union_of_reasons_once_per_image():
     audited = audit(images_frame(rows))
     verdict = audited.report["verdict"]
     assert verdict["leaked_test_images"] == 5  # p0, p1, p5's copy, and both images of the twin
-    assert verdict["per_reason"] == {"same_patient": 3, "linked_patient": 2, "exact_copy": 2, "near_duplicate": 0}
+    assert verdict["per_reason"] == {"same_patient": 3, "linked_patient": 2, "exact_copy": 2, "near_duplicate": 0,
+                                     "same_subject": 0}
     twin = audited.flagged.filter(pl.col("patient_id") == "twin")
     # The twin's second image is no duplicate, but its patient is one identity with p6 in train.
     assert sorted(map(tuple, twin["reasons"].to_list())) == [
@@ -141,3 +142,39 @@ def test_image_level_audit_says_the_count_is_a_lower_bound():
 def test_wilson_interval_contains_the_share_and_stays_in_0_1(hits, total):
     low, high = wilson_interval(hits, total)
     assert 0 <= low <= hits / total <= high <= 1
+
+
+def _same_subject_pairs(images: pl.DataFrame, pairs: list[tuple[int, int, int, bool]]) -> pl.DataFrame:
+    """Same-subject pairs (query row, reference row, inliers, accepted) in the stage's schema."""
+    from leakage_pipeline.same_subject.matcher import PAIR_SCHEMA
+
+    sides = ("location", "image_uri", "patient_id", "label", "split")
+    rows = []
+    for query, reference, inliers, accepted in pairs:
+        q, r = images.row(query, named=True), images.row(reference, named=True)
+        rows.append({**{f"query_{c}": q[c] for c in sides}, **{f"reference_{c}": r[c] for c in sides},
+                     "rank": 1, "cosine": 0.9, "inliers": inliers, "mirrored": False, "accepted": accepted,
+                     "review": False})
+    return pl.DataFrame(rows, schema=PAIR_SCHEMA)
+
+
+def test_accepted_same_subject_pairs_are_a_reason_and_tie_identities():
+    rows = [{"patient_id": f"p{i}", "split": "train"} for i in range(30)]
+    rows += [{"patient_id": "reshot", "split": "test"}, {"patient_id": "reshot", "split": "test"}]
+    rows += [{"patient_id": "rejected", "split": "test"}]
+    rows += [{"patient_id": f"q{i}", "split": "test"} for i in range(15)]
+    images = images_frame(rows)
+    same_subject = _same_subject_pairs(images, [(30, 7, 120, True), (32, 8, 5, False)])
+    audited = build_report(images, cross_split_pairs(images, SPLITS, 8), check_split_integrity(images), SPLITS,
+                           ReportSettings(trusted_radius={"phash": 8, "dhash": 0}), same_subject,
+                           {"status": "ran", "reason": None, "top_k": 20, "candidate_pairs": 2, "accepted_pairs": 1,
+                            "review_pairs": 0, "accepted_query_images": 1, "calibration": {"threshold": 30}})
+    verdict = audited.report["verdict"]
+    # The accepted re-shot is same_subject and linked; the patient's other image is linked through it.
+    assert verdict["per_reason"]["same_subject"] == 1 and verdict["leaked_test_images"] == 2
+    assert verdict["reason_overlap"] == {"linked_patient": 1, "linked_patient + same_subject": 1}
+    evidence = audited.reasons.filter(pl.col("reason") == "same_subject").row(0, named=True)
+    assert evidence["evidence"] == "120 inliers, cosine 0.9, to img7.png in train"
+    assert audited.identities.filter(pl.col("patient_id") == "reshot")["identity"].item() == "p7"
+    assert audited.report["same_subject"]["calibration"] == {"threshold": 30}
+    assert "rejected" not in audited.flagged["patient_id"].to_list()

@@ -1,8 +1,8 @@
 """Identity resolution: patient ids that belong to one person, or one source, as far as the data shows.
 
 Two patient ids are one identity when an image of one and an image of the other form a trusted
-duplicate pair (exact copy, or near-duplicate within a hash's trusted radius), or when one case id
-is filed under both; identities are the connected components of those ties.
+duplicate pair (exact copy, near-duplicate within a hash's trusted radius, or an accepted
+same-subject pair), or when one case id is filed under both; identities are the connected components of those ties.
 """
 
 from __future__ import annotations

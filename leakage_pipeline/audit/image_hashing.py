@@ -43,7 +43,8 @@ HASH_SCHEMA = {
     "width": pl.Int32,
     "height": pl.Int32,
 }
-_CACHE_KEY = ["location", "size_bytes", "version", "hash_mode"]
+# An image is unchanged while these are; the same-subject feature caches use the same key.
+CACHE_KEY = ["location", "size_bytes", "version", "hash_mode"]
 STALE_SCHEMA = {"location": pl.String, "cached_status": pl.String, "status": pl.String,
                 "cached_sha256": pl.String, "sha256": pl.String}
 
@@ -119,8 +120,8 @@ def _current_identity(locations: list[str], mode: str) -> pl.DataFrame:
 
 def reusable_rows(current: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
     """Previous results whose image is unchanged. A missing image is always looked at again."""
-    previous = previous.filter(pl.col("status") != STATUS_MISSING).unique(_CACHE_KEY, keep="last")
-    return previous.join(current.drop_nulls(_CACHE_KEY).select(_CACHE_KEY), on=_CACHE_KEY, how="semi")
+    previous = previous.filter(pl.col("status") != STATUS_MISSING).unique(CACHE_KEY, keep="last")
+    return previous.join(current.drop_nulls(CACHE_KEY).select(CACHE_KEY), on=CACHE_KEY, how="semi")
 
 
 def stale_rows(cached: pl.DataFrame, fresh: pl.DataFrame) -> pl.DataFrame:

@@ -7,7 +7,10 @@ ones (test against train and val, val against train). The reasons, each with its
 * ``linked_patient``: its patient is one identity with another patient id that has images in an
   earlier split (see :mod:`leakage_pipeline.audit.identity`);
 * ``exact_copy``: an earlier split holds the same bytes (sha256);
-* ``near_duplicate``: an earlier split holds an image within a trusted hash radius.
+* ``near_duplicate``: an earlier split holds an image within a trusted hash radius;
+* ``same_subject``: an earlier split holds another photograph of the same subject (the learned
+  matcher's candidate, confirmed by keypoint geometry above the calibrated inlier threshold; see
+  :mod:`leakage_pipeline.same_subject`).
 
 An image can have several reasons; the verdict counts the images with at least one.
 """
@@ -22,7 +25,8 @@ SAME_PATIENT = "same_patient"
 LINKED_PATIENT = "linked_patient"
 EXACT_COPY = "exact_copy"
 NEAR_DUPLICATE = "near_duplicate"
-LEAK_REASONS = (SAME_PATIENT, LINKED_PATIENT, EXACT_COPY, NEAR_DUPLICATE)
+SAME_SUBJECT = "same_subject"
+LEAK_REASONS = (SAME_PATIENT, LINKED_PATIENT, EXACT_COPY, NEAR_DUPLICATE, SAME_SUBJECT)
 
 REASON_SCHEMA = {
     "location": pl.String,
@@ -108,14 +112,33 @@ def duplicate_reasons(trusted: pl.DataFrame) -> pl.DataFrame:
     ).cast(REASON_SCHEMA)
 
 
+def same_subject_reasons(accepted: pl.DataFrame) -> pl.DataFrame:
+    """Images with an accepted same-subject pair (see :mod:`leakage_pipeline.same_subject.matcher`),
+    the partner with the most inliers per image."""
+    best = accepted.sort(["query_location", "inliers", "reference_image_uri"], descending=[False, True, False]) \
+        .group_by("query_location", maintain_order=True).first()
+    return best.select(
+        location="query_location",
+        reason=pl.lit(SAME_SUBJECT),
+        evidence=pl.format("{} inliers, cosine {}, to {} in {}", "inliers", pl.col("cosine").round(2),
+                           "reference_image_uri", "reference_split"),
+        **{f"partner_{c}": f"reference_{c}" for c in _SIDE},
+        distance=pl.lit(None),
+    ).cast(REASON_SCHEMA)
+
+
 def leak_reasons(
-    images: pl.DataFrame, trusted: pl.DataFrame, identity_table: pl.DataFrame, split_order: list[str]
+    images: pl.DataFrame, trusted: pl.DataFrame, identity_table: pl.DataFrame, split_order: list[str],
+    same_subject: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """Every (image, reason) of every split after the first, with its evidence (:data:`REASON_SCHEMA`)."""
+    """Every (image, reason) of every split after the first, with its evidence (:data:`REASON_SCHEMA`).
+
+    ``same_subject``: the accepted same-subject pairs, when that stage ran."""
     return pl.concat([
         same_patient_reasons(images, split_order),
         linked_patient_reasons(images, identity_table, split_order),
         duplicate_reasons(trusted),
+        *([same_subject_reasons(same_subject)] if same_subject is not None else []),
     ])
 
 

@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from leakage_pipeline.storage.files import replace_atomically
 from leakage_pipeline.audit import image_source
-from leakage_pipeline.audit.leak_reasons import LEAK_REASONS
+from leakage_pipeline.audit.leak_reasons import LEAK_REASONS, SAME_SUBJECT
 from leakage_pipeline.audit.pixel_limit import open_image
 
 _THUMB = 160
@@ -27,6 +27,26 @@ def _thumbnail(location: str) -> Image.Image:
         placeholder = Image.new("RGB", (_THUMB, _THUMB), (60, 60, 60))
         ImageDraw.Draw(placeholder).text((10, _THUMB // 2), "unreadable", fill=(255, 255, 255))
         return placeholder
+
+
+def _draw_matched_keypoints(draw: ImageDraw.ImageDraw, example: dict, left: tuple, right: tuple) -> None:
+    """Lines between the verified pair's inlier keypoints, on the two thumbnails (verification repeated for
+    this one pair: the audit keeps no keypoint coordinates per pair)."""
+    from leakage_pipeline.same_subject.geometric_verification import keypoints_of_bytes, match
+
+    try:
+        query, reference = (keypoints_of_bytes(image_source.read_bytes(example[f"{prefix}location"]))
+                            for prefix in ("", "partner_"))
+    except (OSError, ValueError, SyntaxError):
+        return
+    found = match(query, reference)
+    # Both the thumbnail and the reduced image keep the original's aspect ratio and only ever shrink it.
+    scale_q, scale_r = (min(_THUMB, max(k.width, k.height)) / max(k.width, k.height) for k in (query, reference))
+    for (qx, qy), (rx, ry) in list(zip(found.query_points, found.reference_points))[:60]:
+        a, b = (left[0] + qx * scale_q, left[1] + qy * scale_q), (right[0] + rx * scale_r, right[1] + ry * scale_r)
+        draw.line([a, b], fill=(0, 200, 0), width=1)
+        for x, y in (a, b):
+            draw.ellipse([x - 2, y - 2, x + 2, y + 2], outline=(255, 220, 0))
 
 
 def montage_examples(reasons: pl.DataFrame, images: pl.DataFrame, per_reason: int) -> pl.DataFrame:
@@ -58,8 +78,11 @@ def write_montage(examples: pl.DataFrame, path: Path, columns: int = 2) -> int:
                 f"{example[f'{prefix}split']} | {example[f'{prefix}label']}\n{example[f'{prefix}patient_id']}"[:60],
                 fill=(0, 0, 0), font=font,
             )
+        if example["reason"] == SAME_SUBJECT:
+            _draw_matched_keypoints(draw, example, (x0 + _PAD, y0 + _PAD), (x0 + 2 * _PAD + _THUMB, y0 + _PAD))
         caption = example["reason"].replace("_", " ") + (
-            "" if example["distance"] is None else f", distance {example['distance']}")
+            f", {example['evidence'].split(',')[0]}" if example["reason"] == SAME_SUBJECT  # "N inliers"
+            else "" if example["distance"] is None else f", distance {example['distance']}")
         draw.text((x0 + _PAD, y0 + _PAD + _THUMB + 30), caption, fill=(200, 0, 0), font=font)
     replace_atomically(path, sheet.save)
     return examples.height

@@ -328,18 +328,40 @@ def flagged_section(flagged: pl.DataFrame, split_order: list[str]) -> dict:
     }
 
 
+_LINK_COLUMNS = [f"{side}_{c}" for side in ("query", "reference")
+                 for c in ("location", "patient_id", "split", "label")]
+
+
+def same_subject_section(summary: dict | None) -> dict:
+    """What the same-subject stage decided, for the report: run or skipped (and why), its calibrated
+    threshold, precision and counts, and the review band below it."""
+    if summary is None:
+        return {"status": "not_run", "reason": "the same-subject stage was not part of this audit"}
+    section = {key: summary.get(key) for key in ("status", "reason", "top_k", "candidate_pairs", "accepted_pairs",
+                                                 "review_pairs", "accepted_query_images")}
+    calibration = summary.get("calibration")
+    if calibration:
+        section["calibration"] = {key: value for key, value in calibration.items() if key != "curve"}
+    return section
+
+
 def build_report(
     images: pl.DataFrame,
     pairs: pl.DataFrame,
     findings: IntegrityFindings,
     split_order: list[str],
     settings: ReportSettings = ReportSettings(),
+    same_subject_pairs: pl.DataFrame | None = None,
+    same_subject_summary: dict | None = None,
 ) -> AuditReport:
     """The report, every leak reason, the flagged images and the identities.
 
     ``images``: one row per manifest image with SIDE_COLUMNS, case_id, status, sha256, phash, dhash
     and detail; ``pairs``: from :func:`leakage_pipeline.audit.matching.cross_split_pairs`. Pairs
     between blank frames are set aside (counted under ``blank_frames``) unless their bytes are equal.
+    ``same_subject_pairs`` (the same-subject stage's pairs, of which the accepted count) add the
+    ``same_subject`` reason and tie identities like trusted duplicates; ``same_subject_summary`` is that
+    stage's summary, reported under ``same_subject``.
     """
     chance = label_chance(images)
     blank_pairs = pairs.filter(_between_blank_frames(settings.min_detail))
@@ -347,8 +369,11 @@ def build_report(
     agreement = label_agreement_table(pairs, chance, settings.radii)
     trusted = trusted_radii(agreement, settings)
     kept = trusted_pairs(pairs, trusted)
-    identity_table = identities(images["patient_id"], identity_edges(images, kept))
-    reasons = leak_reasons(images, kept, identity_table, split_order)
+    accepted = same_subject_pairs.filter(pl.col("accepted")) if same_subject_pairs is not None else None
+    # Pairs that tie two patient ids into one identity: trusted duplicates and accepted same-subject pairs.
+    linking = kept if accepted is None else pl.concat([kept.select(_LINK_COLUMNS), accepted.select(_LINK_COLUMNS)])
+    identity_table = identities(images["patient_id"], identity_edges(images, linking))
+    reasons = leak_reasons(images, kept, identity_table, split_order, accepted)
     flagged = flagged_images(images, reasons)
     ids_given = patient_ids_given(images)
     report = {
@@ -366,7 +391,8 @@ def build_report(
         },
         "coincidental_hashes": sorted({r["criterion"] for r in agreement if r["coincidental"]}),
         "trusted_radius": trusted,
-        "patient_links": patient_links(kept, identity_table),
+        "patient_links": patient_links(linking, identity_table),
+        "same_subject": same_subject_section(same_subject_summary),
         "flagged": flagged_section(flagged, split_order),
         "verdict": verdict(images, flagged, findings, split_order, settings, ids_given),
     }

@@ -21,6 +21,32 @@ def threshold_markdown(report: dict) -> str:
     )
 
 
+def same_subject_markdown(section: dict | None) -> list[str]:
+    """The same-subject stage's decision: skipped and why, or its calibrated threshold and what it accepted."""
+    if not section or section["status"] == "not_run":
+        return []
+    parts = ["## Same subject photographed again (learned matcher + keypoint verification)"]
+    if section["status"] == "skipped":
+        return parts + [f"Skipped: {section['reason']}."]
+    calibration = section["calibration"]
+    counts = (f"{calibration['true_pairs']} same-patient and {calibration['false_pairs']} different-patient "
+              f"candidate pairs within training ({calibration['calibration_queries']} training images, "
+              f"top {section['top_k']} neighbours each)")
+    if calibration["threshold"] is None:
+        return parts + [f"**Nothing accepted:** {section['reason']}. Calibration: {counts}."]
+    review = ("" if calibration["review_threshold"] is None else
+              f" Review band: {section['review_pairs']} pair(s) with {calibration['review_threshold']} to "
+              f"{calibration['threshold'] - 1} inliers (calibrated precision below the target, at least "
+              "0.5): worth a look, not counted.")
+    return parts + [
+        f"Accepted: {section['accepted_pairs']} of {section['candidate_pairs']} candidate pairs "
+        f"({section['accepted_query_images']} images), at ≥ {calibration['threshold']} RANSAC inliers. "
+        f"Threshold calibrated to {calibration['target_precision']:.0%} precision on {counts}: at it, precision "
+        f"{calibration['precision']:.3f} ({calibration['true_accepted']} true, {calibration['false_accepted']} "
+        f"false), recall {calibration['recall']:.3f} of same-patient pairs; estimated precision on the audited "
+        f"pairs' own mix of true and false candidates {calibration['audited_precision']:.3f}.{review}"]
+
+
 def report_markdown(report: dict) -> str:
     verdict = report["verdict"]
     integrity = report["split_integrity"]
@@ -96,6 +122,7 @@ def report_markdown(report: dict) -> str:
     )
     if links["clusters"]:
         parts.append("Clusters of more than two ids: " + "; ".join("{" + ", ".join(c) + "}" for c in links["clusters"]))
+    parts += same_subject_markdown(report.get("same_subject"))
     parts += [
         f"## Flagged images ({flagged['count']})",
         markdown_table(

@@ -38,7 +38,7 @@ GROUP = "audit"
 VERIFY_CACHE_TAG = "leakage/verify_cache"
 
 
-def _markdown_table(frame: pl.DataFrame, limit: int = 20) -> dg.MarkdownMetadataValue:
+def markdown_metadata(frame: pl.DataFrame, limit: int = 20) -> dg.MarkdownMetadataValue:
     return dg.MetadataValue.md(frame_markdown(frame, limit))
 
 
@@ -55,7 +55,7 @@ def manifest(step: Step) -> dg.MaterializeResult:
         "labels": dg.MetadataValue.json(dict(frame.group_by("label").len().sort("label").iter_rows())),
         "source": dg.MetadataValue.path(step.audit.manifest_path),
         "path": dg.MetadataValue.path(str(path)),
-        "preview": _markdown_table(frame.drop("location"), 10),
+        "preview": markdown_metadata(frame.drop("location"), 10),
     })
 
 
@@ -81,7 +81,7 @@ def split_assignments(step: Step) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata={
         "policy": step.audit.split_policy,
         "dagster/row_count": assigned.height,
-        "per_split": _markdown_table(per_split),
+        "per_split": markdown_metadata(per_split),
         "path": dg.MetadataValue.path(str(path)),
     })
 
@@ -94,8 +94,8 @@ def split_integrity(step: Step) -> dg.MaterializeResult:
     write_json({name: table.to_dicts() for name, table in tables.items()}, files.split_integrity)
     return dg.MaterializeResult(metadata={
         **{name: table.height for name, table in tables.items() if name != "counts"},
-        "patients_spanning_splits_examples": _markdown_table(findings.patients_spanning_splits),
-        "counts": _markdown_table(findings.counts, 60),
+        "patients_spanning_splits_examples": markdown_metadata(findings.patients_spanning_splits),
+        "counts": markdown_metadata(findings.counts, 60),
         "path": dg.MetadataValue.path(str(files.split_integrity)),
     })
 
@@ -162,7 +162,7 @@ def image_hashes(step: Step) -> dg.MaterializeResult:
                    files.stale_cached_hashes)
         if stale.height:
             step.log.warning(f"{stale.height} cached hash(es) were stale; they are replaced now")
-        verification = {"stale_cached_hashes": stale.height, "stale_examples": _markdown_table(stale, 10),
+        verification = {"stale_cached_hashes": stale.height, "stale_examples": markdown_metadata(stale, 10),
                         "verification": dg.MetadataValue.path(str(files.stale_cached_hashes))}
     step.log.info(f"hashed {totals['hashed']}, reused {totals['reused']} in split(s) "
                   f"{', '.join(step.context.partition_keys)}: {status_counts}")
@@ -259,7 +259,10 @@ def leakage_report(step: Step) -> dg.MaterializeResult:
     pairs = read_parquet(files.near_duplicate_pairs)
     # Recomputed from the assignments (cheap, reads no image) rather than parsed back from JSON.
     findings = check_split_integrity(read_parquet(files.split_assignments))
-    audit_report = build_report(images, pairs, findings, step.splits, step.audit.report_settings())
+    from leakage_pipeline.defs.same_subject_assets import read_same_subject  # that module imports this one
+
+    audit_report = build_report(images, pairs, findings, step.splits, step.audit.report_settings(),
+                                *read_same_subject(files))
     write_parquet(audit_report.identities, files.identities)
     drawn = _write_report(audit_report, images, files, step)
     step.log.info(audit_report.report["verdict"]["text"])
@@ -286,7 +289,7 @@ def leak_free_split(step: Step) -> dg.MaterializeResult:
         "dagster/row_count": split.height,
         "images_moved": moved.height,
         "placement_rounds": result.rounds,
-        "per_split": _markdown_table(split.group_by("split").agg(
+        "per_split": markdown_metadata(split.group_by("split").agg(
             pl.len().alias("images"), pl.col("identity").n_unique().alias("identities")).sort("split")),
         "path": dg.MetadataValue.path(str(path)),
     })
@@ -310,7 +313,11 @@ def leak_free_audit(step: Step) -> dg.MaterializeResult:
 
 
 def build_audit_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
-    """The dataset's audit: manifest -> split -> hash (per split partition) -> match -> report -> leak-free split."""
+    """The dataset's audit: manifest -> split -> hash (per split partition) -> match (hashes, and the
+    same subject photographed again) -> report -> leak-free split."""
+    # Imported here: that module builds on this one's loaders.
+    from leakage_pipeline.defs.same_subject_assets import same_subject_pairs
+
     def asset(body, **spec):
         return dataset_asset(dataset, body, group=GROUP, **spec)
 
@@ -320,7 +327,9 @@ def build_audit_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         asset(split_integrity, deps=["split_assignments"], kinds={"polars", "json"}),
         asset(image_hashes, deps=["split_assignments"], kinds={"pillow", "parquet"}, partitioned_by_split=True),
         asset(near_duplicate_pairs, deps=["image_hashes", "split_assignments"], kinds={"numba", "parquet"}),
-        asset(leakage_report, deps=["near_duplicate_pairs", "split_integrity", "image_hashes"],
+        asset(same_subject_pairs, deps=["image_hashes", "split_assignments"],
+              kinds={"torch", "faiss", "opencv", "parquet"}),
+        asset(leakage_report, deps=["near_duplicate_pairs", "split_integrity", "image_hashes", "same_subject_pairs"],
               kinds={"json", "markdown"}),
         asset(leak_free_split, deps=["leakage_report"], kinds={"polars", "parquet"}),
         asset(leak_free_audit, deps=["leak_free_split", "image_hashes"], kinds={"json", "markdown"}),

@@ -67,6 +67,20 @@ class OutputFiles:
         return self.root / "near_duplicate_pairs.parquet"
 
     @property
+    def same_subject_pairs(self) -> UPath:
+        """Every verified same-subject candidate pair, with its inliers and decision."""
+        return self.root / "same_subject_pairs.parquet"
+
+    @property
+    def same_subject_dir(self) -> UPath:
+        """The same-subject stage's embedding model and its per-image feature caches."""
+        return self.root / "same_subject"
+
+    @property
+    def same_subject_summary(self) -> UPath:
+        return self.same_subject_dir / "summary.json"
+
+    @property
     def identities(self) -> UPath:
         """Each patient id with its identity (ids tied by duplicate images or a shared case id)."""
         return self.root / "identities.parquet"

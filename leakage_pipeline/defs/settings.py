@@ -55,6 +55,7 @@ class AuditSettings(dg.ConfigurableResource):
     # (default: the system's temp folder) and puts the results under the root.
     scratch_dir: str | None = None
     lock_wait_seconds: float = 30.0  # how long a run waits for another run on the same output directory
+    same_subject: bool = True  # the same-subject stage (it also skips itself where it cannot calibrate)
 
     @contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator["AuditSettings"]:

@@ -9,7 +9,13 @@ the patient in training scores visibly higher than one that must generalise.
 Planted, and listed in ``planted.json`` so tests can check the audit finds each one:
 exact byte copies across splits, re-encoded and resized copies, one patient re-enrolled
 under a second id in another split, one patient whose images span two splits, and one
-unreadable file. Smooth images with a strong lighting gradient make dHash collide across
+unreadable file. Added after those (their own random stream, so the cases above are unchanged):
+a few skin patients whose lesion carries persistent fine texture, photographed several times in
+training, and re-shots of their lesion (new crop, zoom, rotation, mirror, lighting) planted in
+val and test under the same id or under a new one; ``planted.json`` lists each re-shot with its
+source patient (the same-subject stage's ground truth). The other demo images have no detail that
+persists from one shot to the next (a smooth field plus fresh noise per shot), so no keypoint
+method could tell two of their shots apart from two patients; a re-photographed lesion does. Smooth images with a strong lighting gradient make dHash collide across
 labels by coincidence, which the report must expose.
 """
 
@@ -39,6 +45,10 @@ class DemoSpec:
     seed: int = 7
     # Scale factor on image sides; small values make a fast dataset for tests.
     scale: float = 1.0
+    # Textured skin patients (photographed 2-4 times in training) per patient above, and the share
+    # of them re-shot into val or test (a third of the re-shots under the same patient id).
+    reshot_subjects_per_patient: float = 1 / 15
+    reshot_share: float = 0.75
 
 
 def _smooth_field(rng: np.random.Generator, size: tuple[int, int], cells: int) -> np.ndarray:
@@ -173,6 +183,7 @@ def build_demo_dataset(root: Path, spec: DemoSpec = DemoSpec(), progress: Progre
     ).select("image_uri", "split")
     split_of = dict(split.iter_rows())
     planted = _plant_leaks(rng, rows, split_of, patients, images_dir)
+    planted["reshots"] = _plant_reshots(np.random.default_rng([spec.seed, 14]), spec, rows, split_of, images_dir)
     manifest = pl.DataFrame(rows).with_columns(
         split=pl.col("image_uri").replace_strict(split_of, default=None)
     )
@@ -240,3 +251,96 @@ def _plant_leaks(rng, rows, split_of, patients, images_dir) -> dict:
     path.write_bytes(path.read_bytes()[:600])
     planted["unreadable"] = victim["image_uri"]
     return planted
+
+
+def _fine_field(rng: np.random.Generator, side: int, cell: int) -> np.ndarray:
+    """Noise in [0, 1] of shape (side, side) varying over about ``cell`` pixels."""
+    coarse = rng.random((side // cell + 3, side // cell + 3)).astype(np.float32)
+    big = Image.fromarray(coarse, mode="F").resize((side + 3 * cell, side + 3 * cell), Image.Resampling.BICUBIC)
+    return np.asarray(big)[cell:cell + side, cell:cell + side]
+
+
+def _lesion_surface(rng: np.random.Generator, side: int) -> np.ndarray:
+    """The physical subject, (side, side, 3) in [0, 1]: skin with pores and creases at several scales, a
+    lesion with an irregular border and pigment network, and a few smaller moles around it, each patient
+    with their own skin tone, lesion colour and layout. It is the same on every photograph."""
+    tone = rng.uniform(0.6, 1.0) * rng.uniform(0.9, 1.1, 3) * np.array([1.0, rng.uniform(0.6, 0.85),
+                                                                       rng.uniform(0.45, 0.7)])
+    pigment = rng.uniform(0.2, 0.6, 3)  # the lesion's own colour, mixed into the skin where it is dark
+    texture = sum(weight * (_fine_field(rng, side, cell) - 0.5)
+                  for weight, cell in ((0.5, max(2, side // 170)), (0.35, max(3, side // 73)),
+                                       (0.25, max(4, side // 32)), (0.2, max(6, side // 13))))
+    y, x = np.ogrid[:side, :side]
+
+    def blob(cy: float, cx: float, rx: float, ry: float, roughness: float) -> np.ndarray:
+        angle = rng.uniform(0, np.pi)
+        u = ((x - cx) * np.cos(angle) + (y - cy) * np.sin(angle)) / rx
+        v = (-(x - cx) * np.sin(angle) + (y - cy) * np.cos(angle)) / ry
+        border = 1 + roughness * (_fine_field(rng, side, max(6, side // 20)) - 0.5)
+        return np.clip((border - (u * u + v * v)) * 3, 0, 1)
+
+    cy, cx = side / 2 + rng.normal(0, side * 0.05, 2)
+    lesion = blob(cy, cx, side * rng.uniform(0.1, 0.24), side * rng.uniform(0.08, 0.18), 1.0)
+    for _ in range(int(rng.integers(1, 4, endpoint=True))):  # satellite moles
+        radius = side * rng.uniform(0.02, 0.05)
+        lesion = np.maximum(lesion, blob(*rng.uniform(0.1, 0.9, 2) * side, radius, radius * rng.uniform(0.7, 1), 0.3))
+    network = (_fine_field(rng, side, max(3, side // 100)) > 0.55).astype(np.float32)
+    value = 0.62 + 0.18 * texture
+    darkness = (lesion * (0.35 + 0.3 * network))[..., None]
+    skin = np.stack([value * t for t in tone], axis=-1)
+    return np.clip(skin * (1 - darkness) + darkness * skin * pigment, 0, 1)
+
+
+def _photograph(surface: np.ndarray, rng: np.random.Generator, out: int) -> Image.Image:
+    """One photograph of ``surface``: any rotation, a mirror now and then, a crop of 60-95% of what
+    fits, new framing, exposure, contrast, a lighting gradient and sensor noise."""
+    side = surface.shape[0]
+    image = Image.fromarray((surface * 255).astype(np.uint8))
+    angle = rng.uniform(0, 360)
+    rotated = image.rotate(angle, resample=Image.Resampling.BICUBIC)
+    radians = np.deg2rad(angle)
+    fits = side / (abs(np.cos(radians)) + abs(np.sin(radians)))  # the largest upright square inside
+    crop = fits * rng.uniform(0.6, 0.95)
+    cx, cy = side / 2 + rng.uniform(-0.5, 0.5, 2) * (fits - crop)
+    view = rotated.crop((int(cx - crop / 2), int(cy - crop / 2), int(cx + crop / 2), int(cy + crop / 2)))
+    view = view.resize((out, out), Image.Resampling.BILINEAR)
+    if rng.random() < 0.25:
+        view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    pixels = np.asarray(view).astype(np.float32) / 255
+    light = np.linspace(-1, 1, out)[None, :, None] * rng.uniform(-0.12, 0.12)
+    pixels = np.clip(pixels * rng.uniform(0.8, 1.15) + light, 0, 1) ** rng.uniform(0.8, 1.25)
+    pixels = np.clip(pixels + rng.normal(0, 0.01, pixels.shape), 0, 1)
+    return Image.fromarray((pixels * 255).astype(np.uint8), mode="RGB")
+
+
+def _plant_reshots(rng: np.random.Generator, spec: DemoSpec, rows: list[dict], split_of: dict, images_dir: Path
+                   ) -> list[dict]:
+    """Textured skin patients photographed 2-4 times in train, and re-shots of some of them in val and
+    test, a third under the same id, the rest under a new one; returns the re-shots with their source."""
+    subjects = max(4, round(spec.patients * spec.reshot_subjects_per_patient))
+    out = max(64, int(224 * spec.scale))
+    reshots = []
+    for number in range(subjects):
+        patient_id = f"S{number:05d}"
+        label = str(rng.choice(list(SKIN_LABELS), p=list(SKIN_LABELS.values())))
+        vendor = str(rng.choice(VENDORS))
+        surface = _lesion_surface(rng, 2 * out)
+
+        def add(pid: str, name: str, split: str) -> str:
+            uri = f"images/{name}"
+            (images_dir / name).write_bytes(_encode(_photograph(surface, rng, out), "JPEG", quality=90))
+            rows.append({"image_uri": uri, "patient_id": pid, "label": label, "case_id": f"{pid}-V0",
+                         "vendor": vendor, "modality": "skin"})
+            split_of[uri] = split
+            return uri
+
+        for shot in range(int(rng.integers(2, 4, endpoint=True))):
+            add(patient_id, f"{patient_id}_{shot}.jpg", "train")
+        if number < round(subjects * spec.reshot_share):
+            same_id = number % 3 == 0
+            split = "val" if number % 3 == 1 else "test"
+            filed_as = patient_id if same_id else f"Q{number:05d}"
+            uri = add(filed_as, f"{filed_as}_reshot.jpg", split)
+            reshots.append({"image_uri": uri, "split": split, "patient_id": filed_as, "source_patient_id": patient_id,
+                            "same_id": same_id})
+    return reshots

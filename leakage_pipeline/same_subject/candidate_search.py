@@ -1,0 +1,56 @@
+"""Candidate pairs: each later-split image's nearest earlier-split images by embedding (faiss).
+
+Embeddings are unit length, so inner product is cosine similarity. Up to ``exact_limit`` reference
+images the search is exact (a flat index, one matrix product per batch); beyond it an HNSW graph
+keeps queries sub-linear, so millions of references stay cheap (see ``bench/same_subject.py``).
+faiss is imported inside the function: the Dagster code location must load without it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    top_k: int = 20
+    exact_limit: int = 200_000
+    hnsw_neighbours: int = 32
+    hnsw_search_depth: int = 128
+
+
+def nearest(queries: np.ndarray, references: np.ndarray, k: int, settings: SearchSettings = SearchSettings(),
+            exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(cosine, reference index) of each query's ``k`` nearest references, best first; -1 pads missing ones.
+
+    ``exclude_self``: queries and references are the same images, and an image is not its own neighbour.
+    """
+    import faiss
+
+    queries = np.ascontiguousarray(queries, np.float32)
+    references = np.ascontiguousarray(references, np.float32)
+    wanted = min(k + int(exclude_self), references.shape[0])
+    if wanted == 0 or queries.shape[0] == 0:
+        return np.zeros((queries.shape[0], k), np.float32), np.full((queries.shape[0], k), -1, np.int64)
+    dimensions = references.shape[1]
+    if references.shape[0] <= settings.exact_limit:
+        index = faiss.IndexFlatIP(dimensions)
+    else:
+        index = faiss.IndexHNSWFlat(dimensions, settings.hnsw_neighbours, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = max(settings.hnsw_search_depth, wanted)
+    index.add(references)
+    similarity, found = index.search(queries, wanted)
+    if exclude_self:
+        own = found == np.arange(queries.shape[0])[:, None]
+        # Drop each row's own entry (or its last one when the image is not among its own neighbours).
+        keep = ~own
+        keep[~own.any(axis=1), -1] = False
+        similarity = similarity[keep].reshape(queries.shape[0], wanted - 1)
+        found = found[keep].reshape(queries.shape[0], wanted - 1)
+    pad = k - found.shape[1]
+    if pad > 0:
+        similarity = np.pad(similarity, ((0, 0), (0, pad)))
+        found = np.pad(found, ((0, 0), (0, pad)), constant_values=-1)
+    return similarity, found
