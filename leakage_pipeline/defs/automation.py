@@ -16,10 +16,15 @@ audit_job = dg.define_asset_job(
     description="Manifest to leakage report; hashes every split in one run.",
 )
 
+# Every training run carries this tag; a deployment's run queue limits how many such runs hold a GPU at
+# once (deploy/dagster.yaml, deploy/helm/values.yaml).
+GPU_RUN_TAG = "leakage-pipeline/gpu"
+
 training_job = dg.define_asset_job(
     "leakage_training",
     selection=dg.AssetSelection.assets(*TRAINING_ASSETS),
     description="Image stores, the leak-free and the leaky model, and their evaluation (after an audit).",
+    tags={GPU_RUN_TAG: "true"},
 )
 
 
