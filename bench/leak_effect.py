@@ -42,7 +42,7 @@ def main() -> None:
     for seed in range(args.seeds):
         started = time.perf_counter()
         outcome = run_audit(settings, log_level="CRITICAL", training=TrainingSettings(**{**DEMO_TRAINING.model_dump(), "seed": seed}))
-        summary = json.loads((outcome.files.evaluation_dir / "evaluation.json").read_text())
+        summary = json.loads(outcome.files.evaluation_json.read_text())
         effect = summary["leak_effect_top1"]
         top1 = {key: summary["rows"][key]["metrics"]["top1"]["value"] for key in (LEAK_FREE_SHARED, LEAKY_SHARED)}
         excluded += effect["low"] > 0

@@ -22,9 +22,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from leakage_pipeline.training.models import RESNET18, SMALL_CNN, build_model
+from leakage_pipeline.training.models import build_model
 from leakage_pipeline.training.preprocessing import Preprocessing
-from leakage_pipeline.training.trainer import LabelledImages, TrainSettings, train_classifier
+from leakage_pipeline.training.settings import RESNET18, SMALL_CNN, TrainSettings
+from leakage_pipeline.training.trainer import LabelledImages, train_classifier
 
 CLASSES = 5
 

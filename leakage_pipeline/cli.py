@@ -20,22 +20,26 @@ from leakage_pipeline.audit.manifest import ManifestError
 from leakage_pipeline.audit.perceptual_hash import HASH_MODE_EXACT, HASH_MODES
 from leakage_pipeline.audit.report_markdown import threshold_markdown
 from leakage_pipeline.audit.splitting import MOVED_WITH_IDENTITY, SPLIT_POLICIES
-from leakage_pipeline.defs.settings import DEFAULT_DEMO_DIR, AuditSettings, TrainingSettings
+from leakage_pipeline.defs.dataset import DATASETS_DIR, load_dataset
+from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
 from leakage_pipeline.output_lock import OutputLocked
+from leakage_pipeline.progress import ProgressDisplay, ProgressReporter
 from leakage_pipeline.runner import AuditFailed, AuditOutcome, run_audit
+from leakage_pipeline.storage.files import read_parquet
+from leakage_pipeline.storage.locations import UnsupportedLocation, check_location
 from leakage_pipeline.training.evaluation import summary_markdown
 from leakage_pipeline.training.model_files import Classifier, ModelFileError
-from leakage_pipeline.training.models import ARCHITECTURES
+from leakage_pipeline.training.settings import ARCHITECTURES
 from leakage_pipeline.training.serving import DEFAULT_MAX_UPLOAD_BYTES, serve
 
 EXIT_RAN = 0
 EXIT_COULD_NOT_RUN = 2
 TRAINING_DEFAULTS = TrainingSettings()
 AUDIT_DEFAULTS = {name: field.default for name, field in AuditSettings.model_fields.items()}
-# Small images and a small CNN: both trainings take a minute or two on two CPU cores. No early
-# stop: the validation score of so small a model is noisy, and stopping on an early peak would
-# compare two half-trained models; the best validation epoch of the full schedule is kept.
-DEMO_TRAINING = TrainingSettings(image_size=32, epochs=20, patience=20)
+# The demo's training settings are its dataset file's (defs/datasets/demo.yaml), like its data's place.
+DEMO_DATASET = load_dataset(DATASETS_DIR / "demo.yaml")
+DEMO_TRAINING = DEMO_DATASET.training_settings()
+DEFAULT_DEMO_DIR = Path(".demo")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,7 +106,7 @@ def _summary(outcome: AuditOutcome, trained: bool) -> str:
     files = outcome.files
     report = json.loads(files.report_json.read_text())
     leak_free = json.loads(files.leak_free.report_json.read_text())
-    moved = pl.read_parquet(files.leak_free.split_assignments).filter(
+    moved = read_parquet(files.leak_free.split_assignments).filter(
         pl.col("split_source") == MOVED_WITH_IDENTITY).height
     lines = [threshold_markdown(report), "", report["verdict"]["text"], "",
              f"Leak-free split ({moved} image(s) moved to keep each identity in one split): "
@@ -110,22 +114,27 @@ def _summary(outcome: AuditOutcome, trained: bool) -> str:
              f"{leak_free['split_integrity']['patients_spanning_splits']['count']} patient(s) in more than one split."]
     if outcome.training_blocked:
         lines.append("Training is blocked: the leak-free split still leaks.")
-    lines += [f"Report: {files.report_markdown.resolve()}",
-              f"Leak-free split's report: {files.leak_free.report_markdown.resolve()}"]
-    evaluation = outcome.files.evaluation_dir / "evaluation.json"
+    lines += [f"Report: {files.report_markdown}",
+              f"Leak-free split's report: {files.leak_free.report_markdown}"]
+    evaluation = files.evaluation_json
     if trained and not outcome.training_blocked:
         summary = json.loads(evaluation.read_text())
         lines += ["", summary_markdown(summary), "", summary["verdict"],
-                  f"Evaluation: {evaluation.with_suffix('.md').resolve()}",
-                  f"Models: {outcome.files.training_dir.resolve()}/{{leak_free,leaky}}"]
+                  f"Evaluation: {files.evaluation_markdown}",
+                  f"Models: {files.training_dir}/{{leak_free,leaky}}"]
     return "\n".join(lines)
 
 
 def _audit(settings: AuditSettings, verbose: bool, training: TrainingSettings | None = None) -> int:
     try:
-        settings.column_mapping()  # a malformed --columns fails here, before any work
-        outcome = run_audit(settings, log_level="INFO" if verbose else "CRITICAL", training=training)
-    except (AuditFailed, ManifestError, OutputLocked) as error:
+        settings.column_mapping()  # a malformed --columns or location fails here, before any work
+        for uri in (settings.manifest_path, settings.output_dir, settings.image_root or ""):
+            check_location(uri)
+        # Progress goes to stderr, so stdout stays the summary alone; --verbose shows it in Dagster's log.
+        with ProgressDisplay(sys.stderr) as display:
+            outcome = run_audit(settings, log_level="INFO" if verbose else "CRITICAL", training=training,
+                                progress=None if verbose else display)
+    except (AuditFailed, ManifestError, OutputLocked, UnsupportedLocation) as error:
         print(f"leakage-pipeline: the audit could not run: {error}", file=sys.stderr)
         return EXIT_COULD_NOT_RUN
     print(_summary(outcome, trained=training is not None))
@@ -160,7 +169,8 @@ def _demo(directory: Path, train: bool, verbose: bool) -> int:
     manifest = data_dir / "manifest.csv"
     if not manifest.exists():
         print(f"building the demo dataset in {data_dir} ...", flush=True)
-        build_demo_dataset(data_dir)
+        with ProgressDisplay(sys.stderr) as display:
+            build_demo_dataset(data_dir, progress=ProgressReporter(display, "building the demo dataset"))
     print("== the team's split, as delivered" + (", then both models trained on the CPU ==" if train else " =="),
           flush=True)
     return _audit(AuditSettings(manifest_path=str(manifest), output_dir=str(directory / "out")), verbose,

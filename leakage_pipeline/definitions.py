@@ -1,26 +1,23 @@
-"""Everything Dagster loads: ``dagster dev`` and deployments point here (see pyproject.toml)."""
+"""Everything Dagster loads (``dagster dev``, ``dg``, deployments; see pyproject.toml): one set of
+definitions per dataset YAML (see :mod:`leakage_pipeline.defs.dataset`), plus whatever
+``dg scaffold defs`` adds under ``defs/``. Loads neither torch nor numba: the steps import them."""
+
+from pathlib import Path
 
 import dagster as dg
 
-from leakage_pipeline.defs.assets import AUDIT_ASSETS
-from leakage_pipeline.defs.automation import (
-    audit_job,
-    manifest_changed,
-    nightly_audit,
-    training_job,
-    weekly_cache_verification,
-)
-from leakage_pipeline.defs.checks import AUDIT_CHECKS
-from leakage_pipeline.defs.settings import pipeline_resources, settings_from_env, training_settings_from_env
-from leakage_pipeline.defs.training_assets import TRAINING_ASSETS
+from leakage_pipeline.defs.dataset import load_datasets
+from leakage_pipeline.defs.dataset_defs import build_dataset_defs, shared_resources
 
-defs = dg.Definitions(
-    assets=[*AUDIT_ASSETS, *TRAINING_ASSETS],
-    asset_checks=AUDIT_CHECKS,
-    jobs=[audit_job, training_job],
-    schedules=[nightly_audit, weekly_cache_verification],
-    sensors=[manifest_changed],
-    resources=pipeline_resources(settings_from_env(), training_settings_from_env()),
-    # One process per run holds the output directory's lock for the whole run (see AuditSettings).
-    executor=dg.in_process_executor,
-)
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions.merge(
+        dg.load_from_defs_folder(path_within_project=Path(__file__).parent / "defs"),
+        *(build_dataset_defs(dataset) for dataset in load_datasets()),
+        dg.Definitions(
+            resources=shared_resources(),
+            # One process per run holds the output root's lock for the whole run (see AuditSettings).
+            executor=dg.in_process_executor,
+        ),
+    )

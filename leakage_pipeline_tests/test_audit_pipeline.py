@@ -10,21 +10,31 @@ import pytest
 from leakage_pipeline.audit.image_hashing import HASH_SCHEMA, STALE_SCHEMA
 from leakage_pipeline.audit.manifest import CANONICAL_COLUMNS
 from leakage_pipeline.audit.matching import PAIR_SCHEMA
-from leakage_pipeline.definitions import defs
-from leakage_pipeline.defs.automation import audit_run_tags, manifest_changed, nightly_audit
-from leakage_pipeline.defs.settings import SPLIT_NAMES, AuditSettings
+from leakage_pipeline.definitions import defs as load_definitions
+from leakage_pipeline.defs.assets import VERIFY_CACHE_TAG
+from leakage_pipeline.defs.automation import build_new_data_sensor, partition_range_tags
+from leakage_pipeline.defs.dataset import DEFAULT_SPLITS, Dataset
+from leakage_pipeline.defs.dataset_defs import shared_resources
+from leakage_pipeline.defs.settings import AuditSettings
 from leakage_pipeline.runner import AuditFailed, run_audit
 from leakage_pipeline.training.image_store import INDEX_SCHEMA
 from leakage_pipeline_tests.conftest import canonical_json, write_image
 
 
+EVERY_SPLIT = partition_range_tags(list(DEFAULT_SPLITS))
+
+
 def _materialization_metadata(outcome, asset: str) -> dict:
-    events = outcome.result.asset_materializations_for_node(asset)
-    return {key: value.value for key, value in events[0].metadata.items()}
+    return {key: value.value for key, value in outcome.materializations(asset)[0].metadata.items()}
+
+
+def _per_partition(outcome, asset: str) -> dict[str, dict]:
+    return {event.partition: {key: value.value for key, value in event.metadata.items()}
+            for event in outcome.materializations(asset)}
 
 
 def _check_passed(outcome, name: str) -> bool:
-    (evaluation,) = [e for e in outcome.result.get_asset_check_evaluations() if e.check_name == name]
+    (evaluation,) = [e for e in outcome.check_evaluations() if e.check_name == name]
     return evaluation.passed
 
 
@@ -35,10 +45,11 @@ def audited(small_demo, tmp_path_factory):
 
 
 def test_definitions_load_with_job_schedule_and_sensor():
-    assert defs.resolve_job_def("leakage_audit") is not None
-    assert defs.resolve_schedule_def("nightly_audit").cron_schedule == "0 2 * * *"
-    assert defs.resolve_sensor_def("manifest_changed") is not None
-    assert defs.resolve_job_def("leakage_training") is not None
+    defs = load_definitions()
+    assert defs.resolve_job_def("demo_audit") is not None
+    assert defs.resolve_schedule_def("demo_nightly_audit").cron_schedule == "0 2 * * *"
+    assert defs.resolve_sensor_def("demo_new_data") is not None
+    assert defs.resolve_job_def("demo_training") is not None
     assert len(defs.resolve_asset_graph().get_all_asset_keys()) == 12
 
 
@@ -117,7 +128,7 @@ def test_no_manifest_column_can_replace_or_clash_with_a_computed_one(audited, tm
     carried = pl.read_parquet(outcome.files.manifest)
     assert carried.select(f"extra__{name}" for name in internal).unique().height == 1
     assert carried.drop(f"extra__{name}" for name in internal).equals(pl.read_parquet(clean.files.manifest))
-    for split in SPLIT_NAMES:
+    for split in DEFAULT_SPLITS:
         assert pl.read_parquet(outcome.files.image_hashes(split)).equals(pl.read_parquet(clean.files.image_hashes(split)))
     assert pl.read_parquet(outcome.files.near_duplicate_pairs).equals(pl.read_parquet(clean.files.near_duplicate_pairs))
     assert canonical_json(json.loads(outcome.files.report_json.read_text())) == canonical_json(
@@ -126,7 +137,7 @@ def test_no_manifest_column_can_replace_or_clash_with_a_computed_one(audited, tm
 
 def test_finding_leakage_is_a_successful_audit_with_failed_error_checks(audited):
     outcome, _ = audited
-    assert outcome.result.success and not outcome.training_blocked
+    assert all(result.success for result in outcome.results) and not outcome.training_blocked
     assert not _check_passed(outcome, "no_patient_spans_splits")
     assert not _check_passed(outcome, "no_test_image_leaked")
     assert not _check_passed(outcome, "every_image_readable")  # the planted unreadable file warns
@@ -158,7 +169,7 @@ def test_rerun_after_adding_images_hashes_only_the_new_ones(small_demo, tmp_path
     data = tmp_path / "data"
     shutil.copytree(small_demo.parent, data)
     settings = AuditSettings(manifest_path=str(data / "manifest.csv"), output_dir=str(tmp_path / "out"))
-    first = _materialization_metadata(run_audit(settings), "image_hashes")
+    first = _per_partition(run_audit(settings), "image_hashes")
     manifest = pl.read_csv(data / "manifest.csv", infer_schema=False)
     new_rows = [
         {**manifest.row(0, named=True), "image_uri": f"images/new_{i}.png", "patient_id": f"NEW{i}",
@@ -168,11 +179,14 @@ def test_rerun_after_adding_images_hashes_only_the_new_ones(small_demo, tmp_path
     for i in range(5):
         write_image(data / "images" / f"new_{i}.png", 1000 + i)
     pl.concat([manifest, pl.DataFrame(new_rows, schema=manifest.schema)]).write_csv(data / "manifest.csv")
-    second = _materialization_metadata(run_audit(settings), "image_hashes")
-    assert first["hashed"] == manifest.height and first["reused"] == 0
-    assert second["hashed"] == 5
+    second = _per_partition(run_audit(settings), "image_hashes")
+    assert sum(m["hashed"] for m in first.values()) == manifest.height
+    assert sum(m["reused"] for m in first.values()) == 0
+    assert {split: m["hashed"] for split, m in second.items()} == {"train": 0, "val": 0, "test": 5}
+    # Each partition's metadata is its own split's: row counts add up to the manifest.
+    assert sum(m["dagster/row_count"] for m in second.values()) == manifest.height + 5
     # The planted unreadable file is content-identified too, so it is reused, not re-read.
-    assert second["reused"] == manifest.height
+    assert sum(m["reused"] for m in second.values()) == manifest.height
 
 
 def test_bad_manifest_fails_with_its_message(tmp_path):
@@ -183,29 +197,37 @@ def test_bad_manifest_fails_with_its_message(tmp_path):
 
 
 def test_nightly_schedule_requests_one_run_over_every_split():
-    request = nightly_audit(dg.build_schedule_context())
-    assert request.tags == audit_run_tags()
-    assert audit_run_tags() == {"dagster/asset_partition_range_start": "train",
-                                "dagster/asset_partition_range_end": "test"}
+    request = load_definitions().resolve_schedule_def("demo_nightly_audit")(dg.build_schedule_context())
+    assert request.tags == EVERY_SPLIT == {"dagster/asset_partition_range_start": "train",
+                                           "dagster/asset_partition_range_end": "test"}
 
 
-def test_sensor_starts_an_audit_only_when_the_manifest_changes(tmp_path):
-    manifest = tmp_path / "m.csv"
+def test_new_data_sensor_requests_only_the_changed_split_partitions(small_demo, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(small_demo.parent, data)
+    manifest = data / "manifest.csv"
     settings = AuditSettings(manifest_path=str(manifest), output_dir=str(tmp_path / "out"))
+    dataset = Dataset(name="ward", splits=DEFAULT_SPLITS)
+    sensor = build_new_data_sensor(dataset, dg.define_asset_job("ward_audit"))
 
     def evaluate(cursor):
-        with dg.build_sensor_context(cursor=cursor, resources={"audit": settings}) as context:
-            return manifest_changed(context)
+        with dg.build_sensor_context(cursor=cursor, resources={"ward_audit": settings, **shared_resources()}) as context:
+            return sensor(context)
 
-    assert evaluate(None).skip_reason is not None  # no manifest yet
-    manifest.write_text("image_uri,patient_id,label\na.png,p,x\n")
-    first = evaluate(None)
-    assert len(first.run_requests) == 1 and first.run_requests[0].tags == audit_run_tags()
-    assert evaluate(first.cursor).skip_reason.skip_message == "manifest unchanged since the last audit"
-    manifest.write_text("image_uri,patient_id,label\na.png,p,x\nb.png,q,y\n")
-    second = evaluate(first.cursor)
-    assert len(second.run_requests) == 1 and second.cursor != first.cursor
-    assert second.run_requests[0].run_key == second.cursor
+    first = evaluate(None)  # nothing seen yet: every split
+    assert [r.tags for r in first.run_requests] == [EVERY_SPLIT]
+    assert evaluate(first.cursor).skip_reason is not None  # nothing changed
+    rows = pl.read_csv(manifest, infer_schema=False)
+    write_image(data / "images" / "late.png", 4242)
+    pl.concat([rows, pl.DataFrame([{**rows.row(0, named=True), "image_uri": "images/late.png", "patient_id": "LATE",
+                                    "split": "val", "case_id": None}], schema=rows.schema)]).write_csv(manifest)
+    added = evaluate(first.cursor)
+    assert [r.partition_key for r in added.run_requests] == ["val"]
+    rewritten = rows.filter(pl.col("split") == "test")["image_uri"][0]
+    write_image(data / rewritten, 4343)  # a rewrite in place: a new version of a test image
+    changed = evaluate(added.cursor)
+    assert [r.partition_key for r in changed.run_requests] == ["test"]
+    assert evaluate(changed.cursor).skip_reason is not None
 
 
 def test_a_verifying_run_reports_stale_cached_hashes_in_metadata_and_a_file(tmp_path):
@@ -229,10 +251,5 @@ def test_a_verifying_run_reports_stale_cached_hashes_in_metadata_and_a_file(tmp_
 
 
 def test_weekly_schedule_runs_the_audit_verifying_the_cache():
-    schedule = defs.resolve_schedule_def("weekly_cache_verification")
-    settings = AuditSettings(manifest_path="m.csv", output_dir="out")
-    with dg.build_schedule_context(resources={"audit": settings}) as context:
-        request = schedule(context)
-    assert request.run_config["resources"]["audit"]["config"]["verify_cache"] is True
-    assert request.tags == audit_run_tags()
-    assert dg.validate_run_config(defs.resolve_job_def("leakage_audit"), request.run_config)
+    request = load_definitions().resolve_schedule_def("demo_weekly_cache_verification")(dg.build_schedule_context())
+    assert request.tags == {**EVERY_SPLIT, VERIFY_CACHE_TAG: "true"}

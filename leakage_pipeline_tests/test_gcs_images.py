@@ -9,6 +9,7 @@ import pytest
 from gcp_storage_emulator.server import create_server
 
 from leakage_pipeline.audit import image_source
+from leakage_pipeline.storage.locations import gcs_client, use_gcs_client
 from leakage_pipeline.audit.image_hashing import STATUS_MISSING, STATUS_OK, hash_images
 from leakage_pipeline.defs.settings import AuditSettings
 from leakage_pipeline.runner import AuditFailed, run_audit
@@ -27,9 +28,9 @@ def bucket(monkeypatch):
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket="scans")
     server.start()
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-    image_source._gcs_client.cache_clear()
-    yield image_source._gcs_client().bucket("scans")
-    image_source._gcs_client.cache_clear()
+    use_gcs_client(None)
+    yield gcs_client().bucket("scans")
+    use_gcs_client(None)
     server.stop()
 
 
@@ -62,7 +63,7 @@ def test_audit_reads_a_manifest_whose_images_are_in_gcs(bucket, tmp_path):
 
 def _point_client_at(monkeypatch, port: int) -> None:
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-    image_source._gcs_client.cache_clear()
+    use_gcs_client(None)
 
 
 def test_an_unreachable_endpoint_fails_in_seconds_naming_it(tmp_path, monkeypatch):
@@ -76,7 +77,7 @@ def test_an_unreachable_endpoint_fails_in_seconds_naming_it(tmp_path, monkeypatc
                                 image_root="gs://scans"))
     assert time.monotonic() - started < 20  # 5 s of preflight plus the run's own start
     assert not (tmp_path / "out" / "manifest.parquet").exists()  # it failed before any work
-    image_source._gcs_client.cache_clear()
+    use_gcs_client(None)
 
 
 def test_the_preflight_retries_an_endpoint_that_comes_up_late(monkeypatch):
@@ -90,4 +91,4 @@ def test_the_preflight_retries_an_endpoint_that_comes_up_late(monkeypatch):
     finally:
         late_start.join()
         server.stop()
-        image_source._gcs_client.cache_clear()
+        use_gcs_client(None)

@@ -9,9 +9,10 @@ from PIL import Image, UnidentifiedImageError
 from leakage_pipeline.audit.image_hashing import hash_images
 from leakage_pipeline.audit.splitting import leaky_split, shared_patients
 from leakage_pipeline.training.image_store import UNDECODABLE, build_store, open_stores
-from leakage_pipeline.training.models import RESNET18, SMALL_CNN, ResNet18, build_model, load_initial_weights
+from leakage_pipeline.training.models import ResNet18, build_model, load_initial_weights
 from leakage_pipeline.training.preprocessing import Preprocessing
-from leakage_pipeline.training.trainer import LabelledImages, TrainSettings, train_classifier
+from leakage_pipeline.training.settings import RESNET18, SMALL_CNN, TrainSettings
+from leakage_pipeline.training.trainer import LabelledImages, train_classifier
 from leakage_pipeline_tests.conftest import encode, write_image
 
 

@@ -20,6 +20,7 @@ from PIL import UnidentifiedImageError
 from leakage_pipeline.audit import image_source
 from leakage_pipeline.audit.pixel_limit import MAX_PIXELS, ImageTooLarge, open_image
 from leakage_pipeline.audit.perceptual_hash import HASH_MODE_EXACT, HASH_MODES, perceptual_hashes, prepare
+from leakage_pipeline.progress import ProgressReporter, start_progress
 
 STATUS_OK = "ok"
 STATUS_MISSING = "missing"
@@ -107,20 +108,11 @@ def empty_hashes() -> pl.DataFrame:
     return _frame([])
 
 
-def _current_identity(locations: list[str], pool: ThreadPoolExecutor, mode: str) -> pl.DataFrame:
-    def identity(location: str) -> dict:
-        try:
-            info = image_source.stat(location)
-        except (OSError, ValueError):
-            return {"location": location, "size_bytes": None, "version": None}
-        return {"location": location, "size_bytes": info.size, "version": info.version}
-
-    # A local stat is a microsecond system call, cheaper than handing it to a thread; an object
-    # store's is a network round trip, so those overlap on the pool.
-    remote = [location for location in locations if image_source.is_gcs(location)]
-    remote_identity = dict(zip(remote, pool.map(identity, remote), strict=True))
+def _current_identity(locations: list[str], mode: str) -> pl.DataFrame:
+    stats = image_source.stat_many(locations)
     return pl.DataFrame(
-        [remote_identity[location] if location in remote_identity else identity(location) for location in locations],
+        [{"location": location, "size_bytes": info.size if info else None, "version": info.version if info else None}
+         for location, info in stats.items()],
         schema={"location": pl.String, "size_bytes": pl.Int64, "version": pl.String},
     ).with_columns(hash_mode=pl.lit(mode))
 
@@ -156,6 +148,7 @@ def hash_images(
     checkpoint: Callable[[pl.DataFrame], None] | None = None,
     mode: str = HASH_MODE_EXACT,
     verify: bool = False,
+    progress: ProgressReporter | None = None,
 ) -> HashRun:
     """Hash ``locations`` in ``mode``, reusing rows of ``previous`` whose image is unchanged and
     whose hashes were made in the same mode.
@@ -164,7 +157,8 @@ def hash_images(
     been reused but no longer match their image come back as ``stale``.
 
     ``checkpoint`` receives each finished chunk of new rows, so a caller can persist
-    progress; feeding those rows back as ``previous`` resumes a killed run.
+    progress; feeding those rows back as ``previous`` resumes a killed run. ``progress`` hears
+    how many of the images to hash are done.
     Threads overlap reading with decoding; Pillow and hashlib release the GIL while they work.
     """
     if mode not in HASH_MODES:
@@ -172,7 +166,7 @@ def hash_images(
     unique_locations = list(dict.fromkeys(locations))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         cached = (
-            reusable_rows(_current_identity(unique_locations, pool, mode), previous)
+            reusable_rows(_current_identity(unique_locations, mode), previous)
             if previous is not None and previous.height
             else empty_hashes()
         )
@@ -180,11 +174,17 @@ def hash_images(
         done = set(reused["location"].to_list())
         todo = [location for location in unique_locations if location not in done]
         new_parts = []
+        hashing = start_progress(progress, len(todo), "images")
         for chunk in _chunks(todo, chunk_size):
-            part = _frame(list(pool.map(lambda loc: hash_image(loc, limits, mode), chunk)))
+            rows = []
+            for row in pool.map(lambda loc: hash_image(loc, limits, mode), chunk):
+                rows.append(row)
+                hashing.advance()
+            part = _frame(rows)
             if checkpoint is not None:
                 checkpoint(part)
             new_parts.append(part)
+        hashing.finish()
     hashes = pl.concat([reused.select(HASH_SCHEMA.keys()), *new_parts])
     order = pl.DataFrame({"location": unique_locations}, schema={"location": pl.String}).with_row_index("_order")
     hashes = hashes.join(order, on="location").sort("_order").drop("_order")

@@ -9,14 +9,14 @@ by a rename has a new inode), for GCS the object generation. With the size it is
 
 from __future__ import annotations
 
-import functools
 import os
 import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-GCS_SCHEME = "gs://"
+from leakage_pipeline.storage.locations import GCS_SCHEME, gcs_client, is_gcs
+
 GCS_DEFAULT_ENDPOINT = "https://storage.googleapis.com"
 # The preflight's whole budget per bucket, retries included: long enough for a slow first
 # connection, short enough that a wrong endpoint fails before any work instead of minutes later.
@@ -68,33 +68,16 @@ def is_within(location: str, root: str) -> bool:
     return os.path.commonpath([location, root]) == root
 
 
-def is_gcs(location: str) -> bool:
-    return location.startswith(GCS_SCHEME)
-
-
 def _split_gcs(location: str) -> tuple[str, str]:
     bucket, _, name = location[len(GCS_SCHEME):].partition("/")
     return bucket, name
-
-
-@functools.cache
-def _gcs_client():
-    # Imported lazily: only manifests with gs:// URIs need the client. It honours
-    # STORAGE_EMULATOR_HOST, which is how the tests reach a local emulator.
-    from google.cloud import storage
-
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-        from google.auth.credentials import AnonymousCredentials
-
-        return storage.Client(project="leakage-pipeline", credentials=AnonymousCredentials())
-    return storage.Client()
 
 
 def stat(location: str) -> ObjectStat:
     """Size and version of the object, or :class:`ImageMissing`."""
     if is_gcs(location):
         bucket, name = _split_gcs(location)
-        blob = _gcs_client().bucket(bucket).get_blob(name)
+        blob = gcs_client().bucket(bucket).get_blob(name)
         if blob is None:
             raise ImageMissing(f"{location} does not exist")
         return ObjectStat(size=int(blob.size), version=str(blob.generation))
@@ -105,13 +88,46 @@ def stat(location: str) -> ObjectStat:
     return ObjectStat(size=info.st_size, version=f"{info.st_mtime_ns}:{info.st_ctime_ns}:{info.st_ino}")
 
 
+def _listed_gcs_stats(locations: list[str]) -> dict[str, ObjectStat]:
+    """Size and generation of each GCS object that exists, from one listing per bucket under the
+    locations' common prefix: no object is downloaded, and a million images cost a few thousand
+    list pages rather than a million requests."""
+    by_bucket: dict[str, list[str]] = {}
+    for location in locations:
+        bucket, name = _split_gcs(location)
+        by_bucket.setdefault(bucket, []).append(name)
+    found = {}
+    for bucket, names in by_bucket.items():
+        wanted = set(names)
+        prefix = os.path.commonprefix(names).rpartition("/")[0]
+        for blob in gcs_client().list_blobs(bucket, prefix=f"{prefix}/" if prefix else None):
+            if blob.name in wanted:
+                found[f"{GCS_SCHEME}{bucket}/{blob.name}"] = ObjectStat(size=int(blob.size), version=str(blob.generation))
+    return found
+
+
+def stat_many(locations: list[str]) -> dict[str, ObjectStat | None]:
+    """:func:`stat` of every location (None where missing or unreadable); GCS objects from a listing."""
+    remote = _listed_gcs_stats([location for location in locations if is_gcs(location)])
+    stats: dict[str, ObjectStat | None] = {}
+    for location in locations:
+        if is_gcs(location):
+            stats[location] = remote.get(location)
+            continue
+        try:
+            stats[location] = stat(location)
+        except (OSError, ValueError):
+            stats[location] = None
+    return stats
+
+
 def read_bytes(location: str) -> bytes:
     if is_gcs(location):
         from google.api_core.exceptions import NotFound
 
         bucket, name = _split_gcs(location)
         try:
-            return _gcs_client().bucket(bucket).blob(name).download_as_bytes()
+            return gcs_client().bucket(bucket).blob(name).download_as_bytes()
         except NotFound as error:
             raise ImageMissing(f"{location} does not exist") from error
     try:
@@ -144,7 +160,7 @@ def check_gcs_reachable(locations: Iterable[str]) -> None:
     retry: Retry = DEFAULT_RETRY.with_timeout(GCS_PREFLIGHT_SECONDS)
     for bucket, name in first_object.items():
         try:
-            _gcs_client().bucket(bucket).get_blob(name, timeout=GCS_PREFLIGHT_SECONDS, retry=retry)
+            gcs_client().bucket(bucket).get_blob(name, timeout=GCS_PREFLIGHT_SECONDS, retry=retry)
         except Exception as error:  # connection, timeout, credentials, permission: all mean "cannot read"
             raise StorageUnreachable(
                 f"cannot read gs://{bucket} at {_gcs_endpoint()} within {GCS_PREFLIGHT_SECONDS:.0f} s "

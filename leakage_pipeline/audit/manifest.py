@@ -13,6 +13,7 @@ pipeline computes (``sha256``, ``status``, ``split_source``, ...).
 
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import polars as pl
 
 from leakage_pipeline.audit.image_source import is_within, resolve_uri
+from leakage_pipeline.storage.locations import UnsupportedLocation, is_local, location
 
 REQUIRED_COLUMNS = ("image_uri", "patient_id", "label")
 OPTIONAL_COLUMNS = ("split", "case_id", "vendor")
@@ -69,23 +71,30 @@ class ColumnMapping:
         return cls(names)
 
 
-def read_table(path: Path) -> pl.DataFrame:
-    """Read a CSV or Parquet file with every CSV column as text (ids like 007 must stay 007)."""
-    if not path.exists():
-        raise ManifestError(f"manifest {path} does not exist")
+def read_table(uri: str | Path) -> pl.DataFrame:
+    """Read a CSV or Parquet file (a local path or a ``gs://`` URI) with every CSV column as text
+    (ids like 007 must stay 007)."""
+    try:
+        path = location(uri)
+        exists = path.exists()
+    except (UnsupportedLocation, OSError) as error:
+        raise ManifestError(f"manifest {uri}: {error}") from error
+    if not exists:
+        raise ManifestError(f"manifest {uri} does not exist")
     suffix = path.suffix.lower()
+    source = path.path if is_local(path) else io.BytesIO(path.read_bytes())
     try:
         if suffix == ".parquet":
-            table = pl.read_parquet(path)
+            table = pl.read_parquet(source)
         elif suffix in (".csv", ".tsv", ".txt"):
-            table = pl.read_csv(path, infer_schema=False, separator="\t" if suffix == ".tsv" else ",")
-            _refuse_repeated_headers(table, str(path))
+            table = pl.read_csv(source, infer_schema=False, separator="\t" if suffix == ".tsv" else ",")
+            _refuse_repeated_headers(table, str(uri))
         else:
-            raise ManifestError(f"manifest {path}: unsupported file type {suffix!r} (use .csv, .tsv or .parquet)")
+            raise ManifestError(f"manifest {uri}: unsupported file type {suffix!r} (use .csv, .tsv or .parquet)")
     except (pl.exceptions.PolarsError, OSError) as error:
-        raise ManifestError(f"manifest {path} could not be read: {error}") from error
+        raise ManifestError(f"manifest {uri} could not be read: {error}") from error
     if table.height == 0:
-        raise ManifestError(f"manifest {path} has no data rows (only a header): there is nothing to audit")
+        raise ManifestError(f"manifest {uri} has no data rows (only a header): there is nothing to audit")
     return table
 
 
@@ -188,7 +197,7 @@ def canonicalize(
 
 
 def load_manifest(
-    path: Path, columns: ColumnMapping | None = None, split_names: list[str] | None = None
+    path: str | Path, columns: ColumnMapping | None = None, split_names: list[str] | None = None
 ) -> pl.DataFrame:
     """Read and validate ``path``; see :func:`canonicalize` for the returned columns."""
     return canonicalize(read_table(path), columns or ColumnMapping(), split_names, str(path))

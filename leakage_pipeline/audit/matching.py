@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from leakage_pipeline.audit.hamming_search import radius_pairs
 from leakage_pipeline.audit.image_hashing import STATUS_OK
+from leakage_pipeline.progress import ProgressReporter, start_progress
 
 PERCEPTUAL_HASHES = ("phash", "dhash")
 # Per image, what a pair row carries from each side.
@@ -43,6 +43,9 @@ def split_pairs(split_order: list[str]) -> list[tuple[str, str]]:
 
 def _candidate_indices(query: pl.DataFrame, reference: pl.DataFrame, max_radius: int) -> np.ndarray:
     """Unique (query row, reference row) index pairs that match under any criterion."""
+    # The numba kernels load when pairs are searched, not when the Dagster code location loads.
+    from leakage_pipeline.audit.hamming_search import radius_pairs
+
     found = []
     q_ok = query.with_row_index("qi").filter(pl.col("status") == STATUS_OK)
     r_ok = reference.with_row_index("ri").filter(pl.col("status") == STATUS_OK)
@@ -58,17 +61,22 @@ def _candidate_indices(query: pl.DataFrame, reference: pl.DataFrame, max_radius:
     return np.unique(np.concatenate(found).astype(np.int64), axis=0)
 
 
-def cross_split_pairs(images: pl.DataFrame, split_order: list[str], max_radius: int) -> pl.DataFrame:
+def cross_split_pairs(
+    images: pl.DataFrame, split_order: list[str], max_radius: int, progress: ProgressReporter | None = None,
+) -> pl.DataFrame:
     """Every cross-split pair with equal sha256 or a pHash/dHash distance <= ``max_radius``.
 
     ``images`` has one row per image: SIDE_COLUMNS, status, sha256, phash, dhash, detail.
     Distances are filled for both hashes on every pair (null when either side has no hash).
+    ``progress`` hears how many split pairs are searched.
     """
     parts = []
+    searched = start_progress(progress, len(split_pairs(split_order)), "split pairs")
     for query_split, reference_split in split_pairs(split_order):
         query = images.filter(pl.col("split") == query_split)
         reference = images.filter(pl.col("split") == reference_split)
         pairs = _candidate_indices(query, reference, max_radius)
+        searched.advance()
         if not len(pairs):
             continue
         q = query[pairs[:, 0]]
@@ -87,6 +95,7 @@ def cross_split_pairs(images: pl.DataFrame, split_order: list[str], max_radius: 
                 for name in PERCEPTUAL_HASHES
             )
         )
+    searched.finish()
     if not parts:
         return pl.DataFrame(schema=PAIR_SCHEMA)
     return pl.concat(parts).cast(PAIR_SCHEMA).select(PAIR_SCHEMA.keys())

@@ -17,8 +17,6 @@ import numpy as np
 import scipy.fftpack
 from PIL import Image
 
-from leakage_pipeline.audit.lanczos import lanczos_resize_many
-
 HASH_MODE_EXACT = "exact"
 HASH_MODE_FAST = "fast"
 HASH_MODES = (HASH_MODE_EXACT, HASH_MODE_FAST)
@@ -58,6 +56,9 @@ def perceptual_hashes(image: Image.Image) -> tuple[int, int, float]:
     ``detail`` is the standard deviation of the 32x32 grayscale thumbnail: near zero for blank
     or solid frames, whose hashes carry no information and match every other blank frame.
     """
+    # The numba kernel loads with the first image hashed, not when the Dagster code location loads.
+    from leakage_pipeline.audit.lanczos import lanczos_resize_many
+
     gray = image if image.mode == "L" else image.convert("L")  # converting L to L would only copy it
     thumbnail, gradient = lanczos_resize_many(np.asarray(gray), ((_PHASH_SIZE, _PHASH_SIZE), _DHASH_SIZE))
     return phash_from_pixels(thumbnail), dhash_from_pixels(gradient), float(thumbnail.std())

@@ -3,24 +3,10 @@
 from __future__ import annotations
 
 from leakage_pipeline.audit.leak_reasons import LEAK_REASONS
+from leakage_pipeline.markdown_tables import markdown_table
 
 # Long lists are cut here in markdown; leakage_audit.json has every row.
 _SHOWN_ROWS = 20
-
-
-def _table(headers: list[str], rows: list[list]) -> str:
-    def cell(value) -> str:
-        if value is None:
-            return "–"
-        if isinstance(value, float):
-            return f"{value:.3f}"
-        if isinstance(value, list):
-            return ", ".join(map(str, value))
-        return str(value).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _criterion(row: dict) -> str:
@@ -28,7 +14,7 @@ def _criterion(row: dict) -> str:
 
 
 def threshold_markdown(report: dict) -> str:
-    return _table(
+    return markdown_table(
         ["criterion", "query split", "against", "matched", "of", "share"],
         [[_criterion(r), r["query_split"], r["against"], r["query_images_matched"], r["query_images"],
           f"{r['share']:.1%}"] for r in report["thresholds"]],
@@ -51,27 +37,27 @@ def report_markdown(report: dict) -> str:
         "## Leak reasons",
         "Images read of each later split with a twin in an earlier one, per reason (an image can have several); "
         "flagged images that could not be read are counted apart.",
-        _table(["split", *LEAK_REASONS, "any reason", "flagged, not read"],
+        markdown_table(["split", *LEAK_REASONS, "any reason", "flagged, not read"],
                [[split, *by_reason.values(), flagged["per_split"][split], flagged["per_split_not_read"][split]]
                 for split, by_reason in flagged["per_split_reason"].items()]),
-        _table(["reasons (test images read)", "images"], [[k, v] for k, v in verdict["reason_overlap"].items()])
+        markdown_table(["reasons (test images read)", "images"], [[k, v] for k, v in verdict["reason_overlap"].items()])
         if verdict["reason_overlap"] else "",
         "## Coverage",
         "Images read (hashed) per split. Images that could not be read are not audited: they are never counted "
         "as clean, and shares are over the images read.",
-        _table(["split", "images", "read", "not audited", "read share"],
+        markdown_table(["split", "images", "read", "not audited", "read share"],
                [[r["split"], r["images"], r["read"], r["not_audited"],
                  "–" if r["read_share"] is None else f"{r['read_share']:.1%}"] for r in report["coverage"]]),
-        _table(["status", "images"], [[k, v] for k, v in counts["per_status"].items()]),
+        markdown_table(["status", "images"], [[k, v] for k, v in counts["per_status"].items()]),
         "## Split integrity (from the manifest alone)",
-        _table(
+        markdown_table(
             ["finding", "count"],
             [[name.replace("_", " "), section["count"]] for name, section in integrity.items() if name != "counts"],
         ),
     ]
     spanning = integrity["patients_spanning_splits"]["examples"]
     if spanning:
-        parts.append(_table(["patient", "splits", "images"], [[r["patient_id"], r["splits"], r["images"]] for r in spanning]))
+        parts.append(markdown_table(["patient", "splits", "images"], [[r["patient_id"], r["splits"], r["images"]] for r in spanning]))
     parts += [
         "## Threshold table: query images with a match in an earlier split",
         threshold_markdown(report),
@@ -81,7 +67,7 @@ def report_markdown(report: dict) -> str:
         "(kappa near 0) is matching by coincidence. "
         f"{report['blank_frames']['pairs_excluded']} pairs between "
         f"{report['blank_frames']['images']} blank frames are left out: they match by construction.",
-        _table(
+        markdown_table(
             ["criterion", "pairs", "same label", "chance (pair labels)", "kappa", "coincidental"],
             [[_criterion(r), r["pairs"], r["same_label_share"], r["pair_chance"], r["kappa"],
               "yes" if r["coincidental"] else ""] for r in agreement],
@@ -102,7 +88,7 @@ def report_markdown(report: dict) -> str:
               f"{links['identities_with_several_ids']} identities hold more than one patient id (tied by exact "
               "copies, trusted near-duplicates in any splits, or a shared case id)."]
     parts.append(
-        _table(
+        markdown_table(
             ["query patient", "split", "reference patient", "split", "query images", "pairs", "same label"],
             [[r["query_patient_id"], r["query_split"], r["reference_patient_id"], r["reference_split"],
               r["query_images"], r["matched_pairs"], r["same_label_share"]] for r in links["pairs"][:_SHOWN_ROWS]],
@@ -112,7 +98,7 @@ def report_markdown(report: dict) -> str:
         parts.append("Clusters of more than two ids: " + "; ".join("{" + ", ".join(c) + "}" for c in links["clusters"]))
     parts += [
         f"## Flagged images ({flagged['count']})",
-        _table(
+        markdown_table(
             ["image", "split", "patient", "reasons", "evidence"],
             [[r["image_uri"], r["split"], r["patient_id"], r["reasons"],
               "; ".join(e["evidence"] for e in r["evidence"])] for r in flagged["images"][:_SHOWN_ROWS]],

@@ -4,12 +4,8 @@ Each asset calls the plain-Python core, writes its own file under the output dir
 returns a MaterializeResult whose metadata is what a person wants to see in the UI.
 """
 
-import json
 import secrets
-import shutil
-import warnings
 from datetime import UTC, datetime
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -17,92 +13,77 @@ import polars as pl
 from leakage_pipeline.audit.image_hashing import STATUSES, hash_images
 from leakage_pipeline.audit.image_source import check_gcs_reachable
 from leakage_pipeline.audit.integrity import check_split_integrity
+from leakage_pipeline.audit.leak_free_split import leak_free_split as leak_free_split_of
 from leakage_pipeline.audit.manifest import add_locations, load_manifest
 from leakage_pipeline.audit.matching import cross_split_pairs, split_pairs
 from leakage_pipeline.audit.montage import montage_examples, write_montage
 from leakage_pipeline.audit.report import AuditReport, ReportSettings, build_report
 from leakage_pipeline.audit.report_markdown import report_markdown, threshold_markdown
-from leakage_pipeline.atomic_files import write_json, write_parquet, write_text
-from leakage_pipeline.audit.leak_free_split import leak_free_split as leak_free_split_of
 from leakage_pipeline.audit.splitting import MOVED_WITH_IDENTITY, POLICY_ASSIGN, POLICY_KEEP, assign_splits, keep_splits
+from leakage_pipeline.defs.dataset import Dataset
+from leakage_pipeline.defs.dataset_step import Step, dataset_asset
 from leakage_pipeline.defs.output_files import OutputFiles
-from leakage_pipeline.defs.settings import SPLIT_NAMES, AuditSettings
+from leakage_pipeline.markdown_tables import frame_markdown
+from leakage_pipeline.storage.files import read_json, read_parquet, remove_tree, write_json, write_parquet, write_text
+from leakage_pipeline.progress import ProgressReporter
 
-split_partitions = dg.StaticPartitionsDefinition(list(SPLIT_NAMES))
-GROUP = "leakage_audit"
-
-
-def split_partitioned_asset(**kwargs):
-    """``@dg.asset`` partitioned by split, every selected split in one run (a single-run backfill).
-
-    Single-run backfills are a beta Dagster feature this pipeline relies on knowingly, so its
-    notice is silenced here rather than shown to every user at import.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", dg.BetaWarning)
-        return dg.asset(partitions_def=split_partitions, backfill_policy=dg.BackfillPolicy.single_run(), **kwargs)
+GROUP = "audit"
+# A run with this tag set to "true" verifies the hash cache, whatever its settings say.
+VERIFY_CACHE_TAG = "leakage/verify_cache"
 
 
 def _markdown_table(frame: pl.DataFrame, limit: int = 20) -> dg.MarkdownMetadataValue:
-    head = frame.head(limit)
-    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
-    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in head.iter_rows()]
-    if frame.height > limit:
-        lines.append(f"\n…and {frame.height - limit} more rows")
-    return dg.MetadataValue.md("\n".join(lines))
+    return dg.MetadataValue.md(frame_markdown(frame, limit))
 
 
-@dg.asset(group_name=GROUP, kinds={"polars", "parquet"})
-def manifest(audit: AuditSettings) -> dg.MaterializeResult:
+def manifest(step: Step) -> dg.MaterializeResult:
     """The image manifest, validated, with each image's canonical location; an object store it
     needs is checked to answer before any work starts."""
-    frame = add_locations(load_manifest(Path(audit.manifest_path), audit.column_mapping(), list(SPLIT_NAMES)),
-                          audit.location_rules(), audit.manifest_path)
+    frame = add_locations(load_manifest(step.audit.manifest_path, step.audit.column_mapping(), step.splits),
+                          step.audit.location_rules(), step.audit.manifest_path)
     check_gcs_reachable(frame["location"].unique().to_list())
-    path = write_parquet(frame, OutputFiles(audit.output_dir).manifest)
+    path = write_parquet(frame, step.files.manifest)
     return dg.MaterializeResult(metadata={
         "dagster/row_count": frame.height,
         "patients": frame["patient_id"].n_unique(),
         "labels": dg.MetadataValue.json(dict(frame.group_by("label").len().sort("label").iter_rows())),
-        "source": dg.MetadataValue.path(audit.manifest_path),
+        "source": dg.MetadataValue.path(step.audit.manifest_path),
         "path": dg.MetadataValue.path(str(path)),
         "preview": _markdown_table(frame.drop("location"), 10),
     })
 
 
-@dg.asset(group_name=GROUP, deps=[manifest], kinds={"polars", "parquet"})
-def split_assignments(context: dg.AssetExecutionContext, audit: AuditSettings) -> dg.MaterializeResult:
+def split_assignments(step: Step) -> dg.MaterializeResult:
     """Each image's split: the manifest's own (policy keep) or assigned per patient (policy assign)."""
-    files = OutputFiles(audit.output_dir)
-    frame = pl.read_parquet(files.manifest)
-    if audit.split_policy == POLICY_KEEP:
+    files = step.files
+    frame = read_parquet(files.manifest)
+    if step.audit.split_policy == POLICY_KEEP:
         assigned = keep_splits(frame)
-    elif audit.split_policy == POLICY_ASSIGN:
+    elif step.audit.split_policy == POLICY_ASSIGN:
         ledger = (
-            pl.read_parquet(files.split_assignments, columns=["patient_id", "split"])
+            read_parquet(files.split_assignments, columns=["patient_id", "split"])
             if files.split_assignments.exists() else None
         )
-        assigned = assign_splits(frame, audit.split_plan(), ledger)
+        assigned = assign_splits(frame, step.audit.split_plan(tuple(step.splits)), ledger)
     else:
-        raise dg.Failure(f"unknown split policy {audit.split_policy!r}; use {POLICY_KEEP!r} or {POLICY_ASSIGN!r}")
+        raise dg.Failure(f"unknown split policy {step.audit.split_policy!r}; use {POLICY_KEEP!r} or {POLICY_ASSIGN!r}")
     path = write_parquet(assigned, files.split_assignments)
     per_split = assigned.group_by("split").agg(
         pl.len().alias("images"), pl.col("patient_id").n_unique().alias("patients")
     ).sort("split")
-    context.log.info(f"split policy {audit.split_policy}: {dict(per_split.select('split', 'images').iter_rows())}")
+    step.log.info(f"split policy {step.audit.split_policy}: {dict(per_split.select('split', 'images').iter_rows())}")
     return dg.MaterializeResult(metadata={
-        "policy": audit.split_policy,
+        "policy": step.audit.split_policy,
         "dagster/row_count": assigned.height,
         "per_split": _markdown_table(per_split),
         "path": dg.MetadataValue.path(str(path)),
     })
 
 
-@dg.asset(group_name=GROUP, deps=[split_assignments], kinds={"polars", "json"})
-def split_integrity(audit: AuditSettings) -> dg.MaterializeResult:
+def split_integrity(step: Step) -> dg.MaterializeResult:
     """Patients, case ids and files that cross splits, found from the manifest alone."""
-    files = OutputFiles(audit.output_dir)
-    findings = check_split_integrity(pl.read_parquet(files.split_assignments))
+    files = step.files
+    findings = check_split_integrity(read_parquet(files.split_assignments))
     tables = findings.tables()
     write_json({name: table.to_dicts() for name, table in tables.items()}, files.split_integrity)
     return dg.MaterializeResult(metadata={
@@ -119,23 +100,23 @@ def _previous_hashes(files: OutputFiles, split: str) -> pl.DataFrame | None:
     progress = files.hash_progress(split)
     if progress.exists():
         sources += sorted(progress.glob("*.parquet"))
-    return pl.concat([pl.read_parquet(p) for p in sources], how="diagonal_relaxed") if sources else None
+    return pl.concat([read_parquet(p) for p in sources], how="diagonal_relaxed") if sources else None
 
 
-@split_partitioned_asset(group_name=GROUP, deps=[split_assignments], kinds={"pillow", "parquet"})
-def image_hashes(context: dg.AssetExecutionContext, audit: AuditSettings) -> dg.MaterializeResult:
+def image_hashes(step: Step) -> dg.MaterializeResult:
     """sha256, pHash and dHash of every image in the split; unchanged images are reused from the last run.
 
-    With ``verify_cache`` every image is hashed again and each cached hash that was stale is
+    With ``verify_cache`` (or the run tag ``leakage/verify_cache=true``) every image is hashed again and each cached hash that was stale is
     reported (metadata and ``image_hashes/stale_cached_hashes.json``).
     """
-    files = OutputFiles(audit.output_dir)
-    assignments = pl.read_parquet(files.split_assignments)
+    files = step.files
+    verify = step.audit.verify_cache or step.context.run.tags.get(VERIFY_CACHE_TAG) == "true"
+    assignments = read_parquet(files.split_assignments)
     totals = {"hashed": 0, "reused": 0}
     status_counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
     stale_parts = []
     run_token = secrets.token_hex(4)  # this run's checkpoint names never collide with another's
-    for split in context.partition_keys:
+    for split in step.context.partition_keys:
         locations = assignments.filter(pl.col("split") == split)["location"].to_list()
         progress = files.hash_progress(split)
         progress.mkdir(parents=True, exist_ok=True)
@@ -146,78 +127,80 @@ def image_hashes(context: dg.AssetExecutionContext, audit: AuditSettings) -> dg.
             write_parquet(chunk, progress / f"chunk-{run_token}-{chunk_number:06d}.parquet")
             chunk_number += 1
 
-        run = hash_images(locations, _previous_hashes(files, split), workers=audit.hash_workers,
-                          checkpoint=checkpoint, mode=audit.hash_mode, verify=audit.verify_cache)
+        run = hash_images(locations, _previous_hashes(files, split), workers=step.audit.hash_workers,
+                          checkpoint=checkpoint, mode=step.audit.hash_mode, verify=verify,
+                          progress=ProgressReporter(step.log.info, f"hashing {split}"))
         write_parquet(run.hashes, files.image_hashes(split))
-        shutil.rmtree(progress, ignore_errors=True)
+        remove_tree(progress)
         totals["hashed"] += run.hashed
         totals["reused"] += run.reused
         stale_parts.append(run.stale.with_columns(split=pl.lit(split)))
-        for status, count in run.hashes.group_by("status").len().iter_rows():
+        split_counts = dict.fromkeys(STATUSES, 0) | dict(run.hashes.group_by("status").len().iter_rows())
+        for status, count in split_counts.items():
             status_counts[status] += count
-        context.log.info(f"split {split}: {len(locations)} images, hashed {run.hashed}, reused {run.reused}")
+        # Each split partition shows its own counts in the UI; the run's totals are logged.
+        step.context.add_asset_metadata({
+            "dagster/row_count": run.hashes.height, "hashed": run.hashed, "reused": run.reused,
+            "status_counts": dg.MetadataValue.json(split_counts),
+            "path": dg.MetadataValue.path(str(files.image_hashes(split))),
+        }, partition_key=split)
+        step.log.info(f"split {split}: {len(locations)} images, hashed {run.hashed}, reused {run.reused}")
     verification = {}
-    if audit.verify_cache:
+    if verify:
         stale = pl.concat(stale_parts)
         write_json({"verified_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "splits": context.partition_keys, "stale_count": stale.height, "stale": stale.to_dicts()},
+                    "splits": step.context.partition_keys, "stale_count": stale.height, "stale": stale.to_dicts()},
                    files.stale_cached_hashes)
         if stale.height:
-            context.log.warning(f"{stale.height} cached hash(es) were stale; they are replaced now")
+            step.log.warning(f"{stale.height} cached hash(es) were stale; they are replaced now")
         verification = {"stale_cached_hashes": stale.height, "stale_examples": _markdown_table(stale, 10),
                         "verification": dg.MetadataValue.path(str(files.stale_cached_hashes))}
-    return dg.MaterializeResult(metadata={
-        **totals,
-        **verification,
-        "hash_mode": audit.hash_mode,
-        "splits": ", ".join(context.partition_keys),
-        "status_counts": dg.MetadataValue.json(status_counts),
-        "dagster/row_count": sum(status_counts.values()),
-        "paths": dg.MetadataValue.json([str(files.image_hashes(s)) for s in context.partition_keys]),
-    })
+    step.log.info(f"hashed {totals['hashed']}, reused {totals['reused']} in split(s) "
+                  f"{', '.join(step.context.partition_keys)}: {status_counts}")
+    return dg.MaterializeResult(metadata={**verification, "hash_mode": step.audit.hash_mode})
 
 
-def load_hashes(files: OutputFiles) -> pl.DataFrame:
+def load_hashes(files: OutputFiles, splits: list[str]) -> pl.DataFrame:
     """The current hashes of every split."""
-    return pl.concat([pl.read_parquet(files.image_hashes(split)) for split in SPLIT_NAMES
+    return pl.concat([read_parquet(files.image_hashes(split)) for split in splits
                       if files.image_hashes(split).exists()])
 
 
-def load_audited_images(files: OutputFiles, assignments: pl.DataFrame | None = None) -> pl.DataFrame:
+def load_audited_images(step: Step, assignments: pl.DataFrame | None = None) -> pl.DataFrame:
     """Split assignments (default: the audited split's) joined with each image's hash row."""
     if assignments is None:
-        assignments = pl.read_parquet(files.split_assignments)
-    return assignments.join(load_hashes(files), on="location", how="left", maintain_order="left")
+        assignments = read_parquet(step.files.split_assignments)
+    return assignments.join(load_hashes(step.files, step.splits), on="location", how="left", maintain_order="left")
 
 
-@dg.asset(group_name=GROUP, deps=[image_hashes, split_assignments], kinds={"numba", "parquet"})
-def near_duplicate_pairs(context: dg.AssetExecutionContext, audit: AuditSettings) -> dg.MaterializeResult:
+def near_duplicate_pairs(step: Step) -> dg.MaterializeResult:
     """Every cross-split pair with equal bytes or a pHash/dHash distance within the max radius."""
-    files = OutputFiles(audit.output_dir)
-    images = load_audited_images(files)
-    pairs = cross_split_pairs(images, list(SPLIT_NAMES), audit.max_radius)
+    files = step.files
+    images = load_audited_images(step)
+    pairs = cross_split_pairs(images, step.splits, step.audit.max_radius, ProgressReporter(step.log.info, "matching"))
     path = write_parquet(pairs, files.near_duplicate_pairs)
     per_pair = {
         f"{q} vs {r}": pairs.filter((pl.col("query_split") == q) & (pl.col("reference_split") == r)).height
-        for q, r in split_pairs(list(SPLIT_NAMES))
+        for q, r in split_pairs(step.splits)
     }
-    context.log.info(f"{pairs.height} cross-split pairs within radius {audit.max_radius}: {per_pair}")
+    step.log.info(f"{pairs.height} cross-split pairs within radius {step.audit.max_radius}: {per_pair}")
     return dg.MaterializeResult(metadata={
         "dagster/row_count": pairs.height,
-        "max_radius": audit.max_radius,
+        "max_radius": step.audit.max_radius,
         "pairs_per_split_pair": dg.MetadataValue.json(per_pair),
         "exact_byte_copies": int(pairs["sha256_equal"].sum()),
         "path": dg.MetadataValue.path(str(path)),
     })
 
 
-def _write_report(audit_report: AuditReport, images: pl.DataFrame, files: OutputFiles, montage_per_reason: int) -> int:
+def _write_report(audit_report: AuditReport, images: pl.DataFrame, files: OutputFiles, step: Step) -> int:
     """Write the report files of one audited split; return how many montage examples were drawn."""
     report = audit_report.report
     write_json(report, files.report_json)
     write_text(report_markdown(report), files.report_markdown)
-    write_json(audit_report.flagged.filter(pl.col("split") == SPLIT_NAMES[-1]).to_dicts(), files.flagged_test_images)
-    return write_montage(montage_examples(audit_report.reasons, images, montage_per_reason), files.montage)
+    write_json(audit_report.flagged.filter(pl.col("split") == step.dataset.test_split).to_dicts(),
+               files.flagged_test_images)
+    return write_montage(montage_examples(audit_report.reasons, images, step.audit.montage_per_reason), files.montage)
 
 
 def _report_metadata(report: dict, files: OutputFiles, drawn: int) -> dict:
@@ -241,38 +224,36 @@ def _report_metadata(report: dict, files: OutputFiles, drawn: int) -> dict:
     }
 
 
-@dg.asset(group_name=GROUP, deps=[near_duplicate_pairs, split_integrity, image_hashes], kinds={"json", "markdown"})
-def leakage_report(context: dg.AssetExecutionContext, audit: AuditSettings) -> dg.MaterializeResult:
+def leakage_report(step: Step) -> dg.MaterializeResult:
     """The audit's answer: coverage, thresholds, label agreement, identities, every leaked image with its
     reasons, a montage per reason, and the verdict."""
-    files = OutputFiles(audit.output_dir)
-    images = load_audited_images(files)
-    pairs = pl.read_parquet(files.near_duplicate_pairs)
+    files = step.files
+    images = load_audited_images(step)
+    pairs = read_parquet(files.near_duplicate_pairs)
     # Recomputed from the assignments (cheap, reads no image) rather than parsed back from JSON.
-    findings = check_split_integrity(pl.read_parquet(files.split_assignments))
-    audit_report = build_report(images, pairs, findings, list(SPLIT_NAMES), audit.report_settings())
+    findings = check_split_integrity(read_parquet(files.split_assignments))
+    audit_report = build_report(images, pairs, findings, step.splits, step.audit.report_settings())
     write_parquet(audit_report.identities, files.identities)
-    drawn = _write_report(audit_report, images, files, audit.montage_per_reason)
-    context.log.info(audit_report.report["verdict"]["text"])
+    drawn = _write_report(audit_report, images, files, step)
+    step.log.info(audit_report.report["verdict"]["text"])
     return dg.MaterializeResult(metadata=_report_metadata(audit_report.report, files, drawn))
 
 
-@dg.asset(group_name=GROUP, deps=[leakage_report], kinds={"polars", "parquet"})
-def leak_free_split(context: dg.AssetExecutionContext, audit: AuditSettings) -> dg.MaterializeResult:
+def leak_free_split(step: Step) -> dg.MaterializeResult:
     """The audited split with every identity whole (linked patient ids together), where the leak-free
     model trains; stable as data grows."""
-    files = OutputFiles(audit.output_dir)
+    files = step.files
     ledger_path = files.leak_free.split_assignments
-    ledger = pl.read_parquet(ledger_path, columns=["patient_id", "split"]) if ledger_path.exists() else None
+    ledger = read_parquet(ledger_path, columns=["patient_id", "split"]) if ledger_path.exists() else None
     result = leak_free_split_of(
-        pl.read_parquet(files.split_assignments), load_hashes(files), pl.read_parquet(files.identities),
-        list(SPLIT_NAMES), json.loads(files.report_json.read_text())["trusted_radius"],
-        audit.report_settings().min_detail, ledger,
+        read_parquet(files.split_assignments), load_hashes(files, step.splits), read_parquet(files.identities),
+        step.splits, read_json(files.report_json)["trusted_radius"],
+        step.audit.report_settings().min_detail, ledger,
     )
     split = result.assignments
     path = write_parquet(split, ledger_path)
     moved = split.filter(pl.col("split_source") == MOVED_WITH_IDENTITY)
-    context.log.info(f"leak-free split: {moved.height} image(s) moved to keep their identity in one split "
+    step.log.info(f"leak-free split: {moved.height} image(s) moved to keep their identity in one split "
                      f"({result.rounds} placement round(s))")
     return dg.MaterializeResult(metadata={
         "dagster/row_count": split.height,
@@ -284,22 +265,36 @@ def leak_free_split(context: dg.AssetExecutionContext, audit: AuditSettings) -> 
     })
 
 
-@dg.asset(group_name=GROUP, deps=[leak_free_split, image_hashes], kinds={"json", "markdown"})
-def leak_free_audit(context: dg.AssetExecutionContext, audit: AuditSettings) -> dg.MaterializeResult:
+def leak_free_audit(step: Step) -> dg.MaterializeResult:
     """The leak-free split audited like any split, with the trusted radii of the audited split's report
     (so that what linked identities there is judged the same way here)."""
-    files = OutputFiles(audit.output_dir)
-    split = pl.read_parquet(files.leak_free.split_assignments)
-    images = load_audited_images(files, split)
-    pairs = cross_split_pairs(images, list(SPLIT_NAMES), audit.max_radius)
+    files = step.files
+    split = read_parquet(files.leak_free.split_assignments)
+    images = load_audited_images(step, split)
+    pairs = cross_split_pairs(images, step.splits, step.audit.max_radius,
+                              ProgressReporter(step.log.info, "matching the leak-free split"))
     write_parquet(pairs, files.leak_free.near_duplicate_pairs)
-    trusted = json.loads(files.report_json.read_text())["trusted_radius"]
-    settings = ReportSettings(radii=audit.report_settings().radii, trusted_radius=trusted)
-    audit_report = build_report(images, pairs, check_split_integrity(split), list(SPLIT_NAMES), settings)
-    drawn = _write_report(audit_report, images, files.leak_free, audit.montage_per_reason)
-    context.log.info(f"leak-free split: {audit_report.report['verdict']['text']}")
+    trusted = read_json(files.report_json)["trusted_radius"]
+    settings = ReportSettings(radii=step.audit.report_settings().radii, trusted_radius=trusted)
+    audit_report = build_report(images, pairs, check_split_integrity(split), step.splits, settings)
+    drawn = _write_report(audit_report, images, files.leak_free, step)
+    step.log.info(f"leak-free split: {audit_report.report['verdict']['text']}")
     return dg.MaterializeResult(metadata=_report_metadata(audit_report.report, files.leak_free, drawn))
 
 
-AUDIT_ASSETS = [manifest, split_assignments, split_integrity, image_hashes, near_duplicate_pairs, leakage_report,
-                leak_free_split, leak_free_audit]
+def build_audit_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
+    """The dataset's audit: manifest -> split -> hash (per split partition) -> match -> report -> leak-free split."""
+    def asset(body, **spec):
+        return dataset_asset(dataset, body, group=GROUP, **spec)
+
+    return [
+        asset(manifest, kinds={"polars", "parquet"}),
+        asset(split_assignments, deps=["manifest"], kinds={"polars", "parquet"}),
+        asset(split_integrity, deps=["split_assignments"], kinds={"polars", "json"}),
+        asset(image_hashes, deps=["split_assignments"], kinds={"pillow", "parquet"}, partitioned_by_split=True),
+        asset(near_duplicate_pairs, deps=["image_hashes", "split_assignments"], kinds={"numba", "parquet"}),
+        asset(leakage_report, deps=["near_duplicate_pairs", "split_integrity", "image_hashes"],
+              kinds={"json", "markdown"}),
+        asset(leak_free_split, deps=["leakage_report"], kinds={"polars", "parquet"}),
+        asset(leak_free_audit, deps=["leak_free_split", "image_hashes"], kinds={"json", "markdown"}),
+    ]

@@ -1,26 +1,24 @@
 """Asset checks. Findings about the data are ERROR or WARN checks on the report, never a failed run:
-an audit that finds leakage did its job. The one blocking check sits on the leak-free split's audit,
-so the models never train on a split that still leaks."""
-
-import json
+an audit that finds leakage did its job. The check on the leak-free split's audit is what the
+training assets read before they start, so the models never train on a split that still leaks."""
 
 import dagster as dg
 
 from leakage_pipeline.audit.image_hashing import STATUS_OK
 from leakage_pipeline.audit.report import VERDICT_CANNOT_VOUCH, VERDICT_NOTHING_TO_AUDIT
-from leakage_pipeline.defs.assets import leak_free_audit, leakage_report
+from leakage_pipeline.defs.dataset import Dataset
+from leakage_pipeline.defs.dataset_step import Step, dataset_check
 from leakage_pipeline.defs.output_files import OutputFiles
-from leakage_pipeline.defs.settings import AuditSettings
+from leakage_pipeline.storage.files import read_json
 
 
 def _report(files: OutputFiles) -> dict:
-    return json.loads(files.report_json.read_text())
+    return read_json(files.report_json)
 
 
-@dg.asset_check(asset=leakage_report)
-def no_patient_spans_splits(audit: AuditSettings) -> dg.AssetCheckResult:
+def no_patient_spans_splits(step: Step) -> dg.AssetCheckResult:
     """Fails when any patient has images in more than one split of the audited split."""
-    spanning = _report(OutputFiles(audit.output_dir))["split_integrity"]["patients_spanning_splits"]
+    spanning = _report(step.files)["split_integrity"]["patients_spanning_splits"]
     return dg.AssetCheckResult(
         passed=spanning["count"] == 0, severity=dg.AssetCheckSeverity.ERROR,
         description=f"{spanning['count']} patient(s) have images in more than one split",
@@ -28,10 +26,9 @@ def no_patient_spans_splits(audit: AuditSettings) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(asset=leakage_report)
-def no_test_image_leaked(audit: AuditSettings) -> dg.AssetCheckResult:
+def no_test_image_leaked(step: Step) -> dg.AssetCheckResult:
     """Fails when any test image shows a patient or image that is also in an earlier split."""
-    verdict = _report(OutputFiles(audit.output_dir))["verdict"]
+    verdict = _report(step.files)["verdict"]
     return dg.AssetCheckResult(
         passed=verdict["leaked_test_images"] == 0, severity=dg.AssetCheckSeverity.ERROR,
         description=verdict["text"],
@@ -40,10 +37,9 @@ def no_test_image_leaked(audit: AuditSettings) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(asset=leakage_report)
-def test_split_read(audit: AuditSettings) -> dg.AssetCheckResult:
+def test_split_read(step: Step) -> dg.AssetCheckResult:
     """Fails when the test split is missing or too little of it could be read for the audit to vouch for it."""
-    verdict = _report(OutputFiles(audit.output_dir))["verdict"]
+    verdict = _report(step.files)["verdict"]
     return dg.AssetCheckResult(
         passed=verdict["status"] not in (VERDICT_CANNOT_VOUCH, VERDICT_NOTHING_TO_AUDIT),
         severity=dg.AssetCheckSeverity.ERROR,
@@ -52,10 +48,9 @@ def test_split_read(audit: AuditSettings) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(asset=leakage_report)
-def patient_ids_given(audit: AuditSettings) -> dg.AssetCheckResult:
+def patient_ids_given(step: Step) -> dg.AssetCheckResult:
     """Warns when the manifest has no patient ids: only image-level leakage can be checked."""
-    given = _report(OutputFiles(audit.output_dir))["patient_ids_given"]
+    given = _report(step.files)["patient_ids_given"]
     return dg.AssetCheckResult(
         passed=given, severity=dg.AssetCheckSeverity.WARN,
         description="patient ids given" if given else
@@ -63,10 +58,9 @@ def patient_ids_given(audit: AuditSettings) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(asset=leakage_report)
-def every_image_readable(audit: AuditSettings) -> dg.AssetCheckResult:
+def every_image_readable(step: Step) -> dg.AssetCheckResult:
     """Warns about images that were missing or could not be decoded (they are not audited)."""
-    per_status = _report(OutputFiles(audit.output_dir))["counts"]["per_status"]
+    per_status = _report(step.files)["counts"]["per_status"]
     bad = {status: count for status, count in per_status.items() if status != STATUS_OK}
     return dg.AssetCheckResult(
         passed=not bad,
@@ -76,18 +70,25 @@ def every_image_readable(audit: AuditSettings) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(asset=leak_free_audit, blocking=True)
-def leak_free_split_is_clean(audit: AuditSettings) -> dg.AssetCheckResult:
-    """Blocks training unless the leak-free split has no flagged image and no patient in two splits."""
-    report = _report(OutputFiles(audit.output_dir).leak_free)
-    flagged = report["flagged"]["count"]
-    spanning = report["split_integrity"]["patients_spanning_splits"]["count"]
+def leak_free_split_problems(files: OutputFiles) -> tuple[int, int]:
+    """(flagged images, patients in more than one split) of the leak-free split's audit."""
+    report = _report(files.leak_free)
+    return report["flagged"]["count"], report["split_integrity"]["patients_spanning_splits"]["count"]
+
+
+def leak_free_split_is_clean(step: Step) -> dg.AssetCheckResult:
+    """Fails when the leak-free split still has a flagged image or a patient in two splits; the
+    models then refuse to train on it."""
+    flagged, spanning = leak_free_split_problems(step.files)
     return dg.AssetCheckResult(
-        passed=flagged == 0 and spanning == 0,
+        passed=flagged == 0 and spanning == 0, severity=dg.AssetCheckSeverity.ERROR,
         description=f"{flagged} flagged image(s), {spanning} patient(s) in more than one split",
         metadata={"flagged_images": flagged, "patients_spanning_splits": spanning},
     )
 
 
-AUDIT_CHECKS = [no_patient_spans_splits, no_test_image_leaked, test_split_read, patient_ids_given,
-                every_image_readable, leak_free_split_is_clean]
+def build_audit_checks(dataset: Dataset) -> list[dg.AssetChecksDefinition]:
+    on_report = [no_patient_spans_splits, no_test_image_leaked, test_split_read, patient_ids_given,
+                 every_image_readable]
+    return [*(dataset_check(dataset, body, asset="leakage_report") for body in on_report),
+            dataset_check(dataset, leak_free_split_is_clean, asset="leak_free_audit")]

@@ -1,28 +1,27 @@
 """What an audit and its training run on and where they write, as Dagster resources.
 
-Split names are fixed when definitions load (they are the hash asset's static partitions),
-so they come from ``LEAKAGE_SPLITS``; everything else is per run.
+Each dataset (see :mod:`leakage_pipeline.defs.dataset`) has one of each, editable per run in the
+launchpad; values a deployment supplies can be ``dg.EnvVar`` s.
 """
 
 import os
+import posixpath
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from dataclasses import fields
 
 import dagster as dg
+from dagster_gcp import GCSResource
 
 from leakage_pipeline.audit.manifest import ColumnMapping, LocationRules
 from leakage_pipeline.audit.perceptual_hash import HASH_MODE_EXACT
 from leakage_pipeline.audit.report import ReportSettings
 from leakage_pipeline.audit.splitting import POLICY_KEEP, SplitPlan
 from leakage_pipeline.output_lock import output_lock
-from leakage_pipeline.training.models import SMALL_CNN
-from leakage_pipeline.training.trainer import TrainSettings
+from leakage_pipeline.storage.locations import is_gcs, use_gcs_client
+from leakage_pipeline.training.settings import TrainSettings
 
-SPLIT_NAMES: tuple[str, ...] = tuple(
-    name.strip() for name in os.environ.get("LEAKAGE_SPLITS", "train,val,test").split(",") if name.strip()
-)
-DEFAULT_DEMO_DIR = Path(".demo")
+_TRAIN_DEFAULTS = TrainSettings()
 
 
 class AuditSettings(dg.ConfigurableResource):
@@ -65,82 +64,54 @@ class AuditSettings(dg.ConfigurableResource):
         return ColumnMapping.parse(self.columns)
 
     def resolved_image_root(self) -> str:
+        if self.image_root:
+            return self.image_root
+        if is_gcs(self.manifest_path):
+            return posixpath.dirname(self.manifest_path)
         # abspath, not resolve(): symlinks are followed only when resolve_symlinks asks for it
-        return self.image_root or os.path.dirname(os.path.abspath(self.manifest_path))
+        return os.path.dirname(os.path.abspath(self.manifest_path))
 
     def location_rules(self) -> LocationRules:
         return LocationRules(image_root=self.resolved_image_root(), allow_outside_root=self.allow_outside_root,
                              resolve_symlinks=self.resolve_symlinks)
 
-    def split_plan(self) -> SplitPlan:
-        return SplitPlan(names=SPLIT_NAMES, fractions=tuple(self.split_fractions), seed=self.seed)
+    def split_plan(self, split_names: tuple[str, ...]) -> SplitPlan:
+        return SplitPlan(names=split_names, fractions=tuple(self.split_fractions), seed=self.seed)
 
     def report_settings(self) -> ReportSettings:
         return ReportSettings(radii=tuple(r for r in self.radii if r <= self.max_radius))
 
 
 class TrainingSettings(dg.ConfigurableResource):
-    """How the leak-free and the leaky model are trained and evaluated (the same for both)."""
+    """How the leak-free and the leaky model are trained and evaluated (the same for both). The
+    model's knobs and their defaults are :class:`TrainSettings`' own."""
 
     image_size: int = 64
     channels: int = 3  # 1 for grayscale
-    architecture: str = SMALL_CNN  # or "resnet18"
-    epochs: int = 30
-    batch_size: int = 64
-    learning_rate: float = 2e-3
-    patience: int = 6
-    seed: int = 0
-    device: str = "auto"
-    initial_weights: str | None = None  # a state dict file; nothing is downloaded
     bootstrap_resamples: int = 1000
     decode_workers: int = 2
+    architecture: str = _TRAIN_DEFAULTS.architecture  # small_cnn or resnet18
+    epochs: int = _TRAIN_DEFAULTS.epochs
+    batch_size: int = _TRAIN_DEFAULTS.batch_size
+    learning_rate: float = _TRAIN_DEFAULTS.learning_rate
+    weight_decay: float = _TRAIN_DEFAULTS.weight_decay
+    patience: int = _TRAIN_DEFAULTS.patience
+    seed: int = _TRAIN_DEFAULTS.seed
+    device: str = _TRAIN_DEFAULTS.device  # auto: CUDA when present
+    initial_weights: str | None = _TRAIN_DEFAULTS.initial_weights  # a state dict file; nothing is downloaded
 
     def train_settings(self) -> TrainSettings:
-        return TrainSettings(
-            architecture=self.architecture, epochs=self.epochs, batch_size=self.batch_size,
-            learning_rate=self.learning_rate, patience=self.patience, seed=self.seed, device=self.device,
-            initial_weights=self.initial_weights,
-        )
+        return TrainSettings(**{field.name: getattr(self, field.name) for field in fields(TrainSettings)})
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+class GcsStorage(GCSResource):
+    """dagster-gcp's GCS resource, as the one way this code location reaches GCS: images, manifests,
+    outputs and the output lock all go through the client it makes (see
+    :mod:`leakage_pipeline.storage.locations`). ``project`` may be a ``dg.EnvVar``."""
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        use_gcs_client(self.get_client)
 
-def settings_from_env() -> AuditSettings:
-    """Settings for ``dagster dev`` and deployments; defaults point at the embedded demo."""
-    env = os.environ.get
-    return AuditSettings(
-        manifest_path=env("LEAKAGE_MANIFEST", str(DEFAULT_DEMO_DIR / "data" / "manifest.csv")),
-        output_dir=env("LEAKAGE_OUTPUT_DIR", str(DEFAULT_DEMO_DIR / "out")),
-        image_root=env("LEAKAGE_IMAGE_ROOT") or None,
-        columns=env("LEAKAGE_COLUMNS", ""),
-        split_policy=env("LEAKAGE_SPLIT_POLICY", POLICY_KEEP),
-        max_radius=int(env("LEAKAGE_MAX_RADIUS", "8")),
-        hash_mode=env("LEAKAGE_HASH_MODE", HASH_MODE_EXACT),
-        allow_outside_root=_env_flag("LEAKAGE_ALLOW_OUTSIDE_ROOT"),
-        resolve_symlinks=_env_flag("LEAKAGE_RESOLVE_SYMLINKS"),
-    )
-
-
-# TrainingSettings field -> (environment variable, its parser)
-_TRAINING_ENVIRONMENT = {
-    "image_size": ("LEAKAGE_IMAGE_SIZE", int),
-    "channels": ("LEAKAGE_CHANNELS", int),
-    "architecture": ("LEAKAGE_ARCHITECTURE", str),
-    "epochs": ("LEAKAGE_EPOCHS", int),
-    "device": ("LEAKAGE_DEVICE", str),
-    "initial_weights": ("LEAKAGE_INITIAL_WEIGHTS", str),
-}
-
-
-def training_settings_from_env() -> TrainingSettings:
-    """Training settings for ``dagster dev`` and deployments: each variable that is set (and not
-    empty) overrides the field's default."""
-    return TrainingSettings(**{field: parse(os.environ[name]) for field, (name, parse) in _TRAINING_ENVIRONMENT.items()
-                               if os.environ.get(name)})
-
-
-def pipeline_resources(audit: AuditSettings, training: TrainingSettings) -> dict:
-    """The resources every asset of the pipeline may ask for, under the names they use."""
-    return {"audit": audit, "training": training, "pipes_subprocess_client": dg.PipesSubprocessClient()}
+    def get_object_to_set_on_execution_context(self) -> "GcsStorage":
+        # GCSResource would make its client here, asking for credentials even in a run on local files.
+        return self

@@ -25,6 +25,7 @@ import polars as pl
 from PIL import Image
 
 from leakage_pipeline.audit.splitting import SplitPlan, assign_splits
+from leakage_pipeline.progress import ProgressReporter, start_progress
 
 SKIN_LABELS = {"nevus": 0.6, "melanoma": 0.25, "keratosis": 0.15}
 XRAY_LABELS = {"normal": 0.65, "pneumonia": 0.35}
@@ -133,8 +134,11 @@ def _make_patient(index: int, rng: np.random.Generator, scale: float) -> Patient
     )
 
 
-def build_demo_dataset(root: Path, spec: DemoSpec = DemoSpec()) -> Path:
-    """Write images, ``manifest.csv`` and ``planted.json`` under ``root``; return the manifest path."""
+def build_demo_dataset(root: Path, spec: DemoSpec = DemoSpec(), progress: ProgressReporter | None = None) -> Path:
+    """Write images, ``manifest.csv`` and ``planted.json`` under ``root``; return the manifest path.
+
+    ``progress`` hears how many patients' images are written.
+    """
     rng = np.random.default_rng(spec.seed)
     images_dir = root / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
@@ -149,6 +153,7 @@ def build_demo_dataset(root: Path, spec: DemoSpec = DemoSpec()) -> Path:
 
     patients = [_make_patient(i, rng, spec.scale) for i in range(spec.patients)]
     renderers = {"skin": _skin, "xray": _xray}
+    writing = start_progress(progress, len(patients), "patients")
     for patient in patients:
         for shot in range(int(rng.integers(*spec.images_per_patient, endpoint=True))):
             case = f"{patient.patient_id}-V{shot // 3}"
@@ -159,6 +164,8 @@ def build_demo_dataset(root: Path, spec: DemoSpec = DemoSpec()) -> Path:
                 image = renderers[patient.kind](patient, rng)
                 write(f"{patient.patient_id}_{shot}.{'png' if fmt == 'PNG' else 'jpg'}", _encode(image, fmt),
                       patient, case)
+        writing.advance()
+    writing.finish()
 
     manifest = pl.DataFrame(rows)
     split = assign_splits(

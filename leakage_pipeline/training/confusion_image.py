@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from leakage_pipeline.atomic_files import replace_atomically
+from leakage_pipeline.storage.files import replace_atomically
 
 _CELL = 72
 _MARGIN = 110

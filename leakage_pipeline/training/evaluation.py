@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from leakage_pipeline.markdown_tables import markdown_table
 from leakage_pipeline.training.metrics import (
     METRICS,
     BootstrapResult,
@@ -127,20 +128,15 @@ def summary_markdown(summary: dict) -> str:
     """Each model on its own test split and both on the shared test images, with 95% patient-bootstrap intervals."""
     metrics = [m for m in METRICS if any(r["metrics"][m]["value"] is not None for r in summary["rows"].values())]
     header = ["model", "test set", "images", "patients"] + [METRIC_TITLES[m] for m in metrics]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in summary["rows"].values():
-        cells = [row["model"], row["test_set"], str(row["images"]), str(row["patients"])]
-        lines.append("| " + " | ".join(cells + [_cell(row["metrics"][m]) for m in metrics]) + " |")
-    return "\n".join(lines)
+    return markdown_table(header, [[row["model"], row["test_set"], row["images"], row["patients"],
+                                    *(_cell(row["metrics"][m]) for m in metrics)] for row in summary["rows"].values()])
 
 
 def confusion_markdown(summary: dict, row_key: str) -> str:
     names = summary["class_names"]
     matrix = summary["rows"][row_key]["confusion_matrix"]
-    lines = ["| true \\ predicted | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
-    lines += ["| " + name + " | " + " | ".join(map(str, counts)) + " |" for name, counts in zip(names, matrix,
-                                                                                                 strict=True)]
-    return "\n".join(lines)
+    return markdown_table(["true \\ predicted", *names],
+                          [[name, *counts] for name, counts in zip(names, matrix, strict=True)])
 
 
 def evaluation_markdown(summary: dict) -> str:

@@ -18,9 +18,10 @@ import numpy as np
 import polars as pl
 from PIL import UnidentifiedImageError
 
-from leakage_pipeline.atomic_files import write_json, write_parquet
+from leakage_pipeline.storage.files import write_json, write_parquet
 from leakage_pipeline.audit import image_source
 from leakage_pipeline.audit.image_hashing import STATUS_OK
+from leakage_pipeline.progress import ProgressReporter, start_progress
 from leakage_pipeline.training.preprocessing import Preprocessing
 
 UNDECODABLE = "undecodable"
@@ -85,9 +86,13 @@ def _decode(location: str, preprocessing: Preprocessing) -> np.ndarray | None:
 
 
 def build_store(
-    hashes: pl.DataFrame, directory: Path, preprocessing: Preprocessing, workers: int = 2
+    hashes: pl.DataFrame, directory: Path, preprocessing: Preprocessing, workers: int = 2,
+    progress: ProgressReporter | None = None,
 ) -> StoreBuild:
-    """Store every readable image of ``hashes`` (location, sha256, status) under ``directory``."""
+    """Store every readable image of ``hashes`` (location, sha256, status) under ``directory``.
+
+    ``progress`` hears how many of the images to decode are done.
+    """
     excluded = dict(hashes.filter(pl.col("status") != STATUS_OK).group_by("status").len().iter_rows())
     readable = hashes.filter(pl.col("status") == STATUS_OK).select("location", "sha256").unique("location",
                                                                                                  keep="first")
@@ -107,6 +112,7 @@ def build_store(
     if reused.height:
         array[: reused.height] = previous_images[reused["old_row"].to_numpy()]
     failed: set[str] = set()
+    decoding = start_progress(progress, to_decode.height, "images")
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         decoded = pool.map(lambda location: _decode(location, preprocessing), to_decode["location"].to_list())
         for offset, (sha, image) in enumerate(zip(to_decode["sha256"].to_list(), decoded, strict=True)):
@@ -114,6 +120,8 @@ def build_store(
                 failed.add(sha)
             else:
                 array[reused.height + offset] = image
+            decoding.advance()
+    decoding.finish()
     array.flush()
     del array
     if failed:

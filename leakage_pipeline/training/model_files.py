@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from leakage_pipeline.atomic_files import replace_atomically
+from leakage_pipeline.storage.files import replace_atomically
 from leakage_pipeline.training.models import build_model
 from leakage_pipeline.training.preprocessing import Preprocessing
 from leakage_pipeline.training.trainer import DeviceImages, pick_device, predict_probabilities

@@ -11,9 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-SMALL_CNN = "small_cnn"
-RESNET18 = "resnet18"
-ARCHITECTURES = (SMALL_CNN, RESNET18)
+from leakage_pipeline.training.settings import ARCHITECTURES, RESNET18, SMALL_CNN
 
 
 def _conv_bn(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:

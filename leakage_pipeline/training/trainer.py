@@ -18,25 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from leakage_pipeline.progress import ProgressReporter, start_progress
 from leakage_pipeline.training.metrics import macro_f1
-from leakage_pipeline.training.models import SMALL_CNN, build_model, load_initial_weights
+from leakage_pipeline.training.models import build_model, load_initial_weights
 from leakage_pipeline.training.preprocessing import Preprocessing
+from leakage_pipeline.training.settings import TrainSettings
 
 # Images stay on the GPU when they take at most this share of its free memory.
 _DEVICE_RESIDENT_SHARE = 0.4
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    architecture: str = SMALL_CNN
-    epochs: int = 30
-    batch_size: int = 64
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    patience: int = 6  # epochs without a better validation macro F1 before stopping
-    seed: int = 0
-    device: str = "auto"  # "auto" picks CUDA when available
-    initial_weights: str | None = None  # a state dict file to start from
 
 
 @dataclass(frozen=True)
@@ -123,9 +112,12 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
 
 def train_classifier(
     train: LabelledImages, val: LabelledImages, num_classes: int, preprocessing: Preprocessing,
-    settings: TrainSettings, log: Callable[[str], None] = print,
+    settings: TrainSettings, log: Callable[[str], None] = print, progress: ProgressReporter | None = None,
 ) -> TrainResult:
-    """Train ``settings.architecture`` on ``train``; return the epoch with the best validation macro F1."""
+    """Train ``settings.architecture`` on ``train``; return the epoch with the best validation macro F1.
+
+    ``progress`` hears the training images done over all epochs (the total if none stops early).
+    """
     device = pick_device(settings.device)
     torch.manual_seed(settings.seed)
     order_rng = torch.Generator().manual_seed(settings.seed)
@@ -145,10 +137,14 @@ def train_classifier(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, settings.epochs))
     result = TrainResult(model=model, device=device, best_epoch=0)
     best_score, best_state = -1.0, None
+    # Per epoch every image but a one-image tail batch, which batch norm cannot take.
+    images_per_epoch = len(train_images) - (len(train_images) % settings.batch_size == 1)
+    training = start_progress(progress, settings.epochs * images_per_epoch, "images")
 
     with _deterministic(device.type == "cpu"):
         for epoch in range(1, settings.epochs + 1):
             model.train()
+            training.stage = f"epoch {epoch}/{settings.epochs}"
             started = time.perf_counter()
             total_loss, seen = 0.0, 0
             order = torch.randperm(len(train_images), generator=order_rng)
@@ -166,6 +162,7 @@ def train_classifier(
                 optimizer.step()
                 total_loss += float(loss.detach()) * len(indices)
                 seen += len(indices)
+                training.advance(len(indices))
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             elapsed = time.perf_counter() - started
@@ -186,6 +183,7 @@ def train_classifier(
                 log(f"early stop: no better val macro F1 for {settings.patience} epochs; "
                     f"best epoch {result.best_epoch}")
                 break
+    training.finish()
 
     model.load_state_dict(best_state)
     model.eval()

@@ -9,21 +9,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
-from leakage_pipeline.atomic_files import write_json, write_parquet
+from leakage_pipeline.storage.files import write_json, write_parquet
+from leakage_pipeline.progress import ProgressReporter
 from leakage_pipeline.training.image_store import ImageStore, open_stores
-from leakage_pipeline.training.model_files import save_model
 from leakage_pipeline.training.preprocessing import Preprocessing
-from leakage_pipeline.training.trainer import (
-    DeviceImages,
-    LabelledImages,
-    TrainSettings,
-    predict_probabilities,
-    train_classifier,
-)
+from leakage_pipeline.training.settings import TrainSettings
+
+if TYPE_CHECKING:
+    from leakage_pipeline.training.trainer import LabelledImages
 
 PREDICTIONS_FILE = "test_predictions.parquet"
 HISTORY_FILE = "history.json"
@@ -54,6 +52,8 @@ class TrainingJob:
 def _labelled(
     table: pl.DataFrame, split: str, store: ImageStore, class_index: dict[str, int]
 ) -> tuple[pl.DataFrame, LabelledImages]:
+    from leakage_pipeline.training.trainer import LabelledImages
+
     rows = table.filter(pl.col("split") == split)
     images = store.gather(rows["location"].to_list())
     labels = np.array([class_index[label] for label in rows["label"].to_list()], dtype=np.int64)
@@ -61,7 +61,14 @@ def _labelled(
 
 
 def run_training_job(job: TrainingJob, log: Callable[[str], None] = print) -> dict:
-    """Train, save the model under ``job.model_dir``, predict the test split; return a summary."""
+    """Train, save the model under ``job.model_dir``, predict the test split; return a summary.
+
+    ``log`` gets the epoch log and, at a steady interval, the training's progress.
+    """
+    # torch loads here, in the training process, never where the job is only described.
+    from leakage_pipeline.training.model_files import save_model
+    from leakage_pipeline.training.trainer import DeviceImages, predict_probabilities, train_classifier
+
     store = open_stores([Path(d) for d in job.store_dirs])
     in_store = set(store.index["location"].to_list())
     table = pl.read_parquet(job.split_table).filter(pl.col("location").is_in(list(in_store)))
@@ -75,7 +82,8 @@ def run_training_job(job: TrainingJob, log: Callable[[str], None] = print) -> di
     preprocessing = Preprocessing.for_shape(job.image_size, job.channels).with_statistics(train.images)
     log(f"training {job.settings.architecture} on {len(train.labels)} images, validating on {len(val.labels)}, "
         f"{len(job.class_names)} classes, {job.image_size}px x {job.channels} channel(s)")
-    result = train_classifier(train, val, len(job.class_names), preprocessing, job.settings, log)
+    progress = ProgressReporter(log, f"training {Path(job.model_dir).name}")
+    result = train_classifier(train, val, len(job.class_names), preprocessing, job.settings, log, progress)
 
     model_dir = Path(job.model_dir)
     save_model(model_dir, result.model, job.settings.architecture, list(job.class_names), preprocessing)

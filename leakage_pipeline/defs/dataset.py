@@ -1,0 +1,126 @@
+"""One audited dataset, described by a small YAML file: its name, splits and settings.
+
+Each dataset becomes its own assets, checks, jobs, schedules and sensor, keyed by its name
+(see :mod:`leakage_pipeline.defs.dataset_defs`), so one deployment audits several datasets side
+by side. The YAML files in ``defs/datasets/`` are loaded, and those in the folder that
+``LEAKAGE_DATASETS_DIR`` names, where a deployment keeps its own. A setting's value may be
+``{env: NAME}``: Dagster reads the environment variable ``NAME`` when a run starts (a
+``dg.EnvVar``, shown as such in the UI), or ``{env: NAME, default: value}``, which takes the
+default when the variable is not set where the definitions load::
+
+    name: chest_xray
+    splits: [train, val, test]      # earliest to latest; the last one is the test split
+    audit:
+      manifest_path: {env: CXR_MANIFEST}        # a local path or gs://bucket/path
+      output_dir: gs://team-bucket/leakage/chest_xray
+    training:
+      image_size: 128
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
+
+DATASETS_DIR = Path(__file__).parent / "datasets"
+DATASETS_DIR_VARIABLE = "LEAKAGE_DATASETS_DIR"
+DEFAULT_SPLITS = ("train", "val", "test")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # a Dagster name and an asset key prefix
+_SPLIT = re.compile(r"^[A-Za-z0-9_-]+$")  # a partition key that reads well in a URL and a file name
+
+
+class DatasetError(ValueError):
+    """A dataset description is invalid; the message names the file and the field."""
+
+
+class Dataset(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str = ""
+    splits: tuple[str, ...] = DEFAULT_SPLITS
+    audit: dict[str, Any] = {}
+    training: dict[str, Any] = {}
+    nightly_audit_cron: str = "0 2 * * *"  # UTC
+    new_data_interval_seconds: int = 60  # how often the sensor looks for new or changed images
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        if not _NAME.match(name):
+            raise ValueError(f"{name!r} must be lower case letters, digits and _, starting with a letter")
+        return name
+
+    @field_validator("splits")
+    @classmethod
+    def _valid_splits(cls, splits: tuple[str, ...]) -> tuple[str, ...]:
+        if len(splits) < 2:
+            raise ValueError(f"{list(splits)}: an audit needs at least two splits (earliest first, test last)")
+        if len(set(splits)) != len(splits):
+            raise ValueError(f"{list(splits)} names a split twice")
+        bad = [s for s in splits if not _SPLIT.match(s)]
+        if bad:
+            raise ValueError(f"split names {bad} may hold only letters, digits, _ and -")
+        return splits
+
+    @property
+    def test_split(self) -> str:
+        return self.splits[-1]
+
+    def resource_key(self, kind: str) -> str:
+        """The key of this dataset's ``audit`` or ``training`` resource."""
+        return f"{self.name}_{kind}"
+
+    def audit_settings(self) -> AuditSettings:
+        return AuditSettings(**_with_environment(self.audit))
+
+    def training_settings(self) -> TrainingSettings:
+        return TrainingSettings(**_with_environment(self.training))
+
+
+def _with_environment(values: dict[str, Any]) -> dict[str, Any]:
+    """``{env: NAME}`` -> ``dg.EnvVar(NAME)``; ``{env: NAME, default: v}`` -> the variable's value or ``v``."""
+    resolved = {}
+    for field, value in values.items():
+        if isinstance(value, dict) and "env" in value:
+            if "default" in value:
+                value = os.environ.get(value["env"], value["default"])
+            else:
+                value = dg.EnvVar(value["env"])
+        resolved[field] = value
+    return resolved
+
+
+def load_dataset(path: Path) -> Dataset:
+    """The dataset described by the YAML file ``path``, validated with its settings."""
+    try:
+        dataset = Dataset.model_validate(yaml.safe_load(path.read_text()) or {})
+        dataset.audit_settings()
+        dataset.training_settings()
+    except (ValidationError, yaml.YAMLError, TypeError) as error:
+        raise DatasetError(f"dataset file {path}: {error}") from error
+    return dataset
+
+
+def dataset_files() -> list[Path]:
+    """The packaged dataset YAMLs and those of the deployment's ``LEAKAGE_DATASETS_DIR``."""
+    folders = [DATASETS_DIR]
+    if os.environ.get(DATASETS_DIR_VARIABLE):
+        folders.append(Path(os.environ[DATASETS_DIR_VARIABLE]))
+    return sorted(path for folder in folders for path in folder.glob("*.y*ml"))
+
+
+def load_datasets() -> list[Dataset]:
+    datasets = [load_dataset(path) for path in dataset_files()]
+    names = [d.name for d in datasets]
+    if len(set(names)) != len(names):
+        raise DatasetError(f"two dataset files share a name: {sorted(n for n in names if names.count(n) > 1)}")
+    return datasets

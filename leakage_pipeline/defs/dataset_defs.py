@@ -1,0 +1,47 @@
+"""Everything one dataset is in Dagster: its assets, checks, jobs, schedules and sensor."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from leakage_pipeline.defs.assets import build_audit_assets
+from leakage_pipeline.defs.automation import build_jobs, build_new_data_sensor, build_schedules
+from leakage_pipeline.defs.checks import build_audit_checks
+from leakage_pipeline.defs.dataset import Dataset
+from leakage_pipeline.defs.dataset_step import AUDIT, GCS, PIPES_CLIENT, TRAINING
+from leakage_pipeline.defs.settings import AuditSettings, GcsStorage, TrainingSettings
+
+PROJECT_VARIABLE = "GOOGLE_CLOUD_PROJECT"
+
+
+def build_dataset_defs(
+    dataset: Dataset, audit: AuditSettings | None = None, training: TrainingSettings | None = None,
+) -> dg.Definitions:
+    """The dataset's definitions, with its resources from its YAML unless ``audit`` / ``training`` are given."""
+    from leakage_pipeline.defs.training_assets import build_training_assets
+
+    audit_assets = build_audit_assets(dataset)
+    training_assets = build_training_assets(dataset)
+    audit_job, training_job = build_jobs(dataset, audit_assets, training_assets)
+    return dg.Definitions(
+        assets=[*audit_assets, *training_assets],
+        asset_checks=build_audit_checks(dataset),
+        jobs=[audit_job, training_job],
+        schedules=build_schedules(dataset, audit_job),
+        sensors=[build_new_data_sensor(dataset, audit_job)],
+        resources=dataset_resources(dataset, audit or dataset.audit_settings(),
+                                    training or dataset.training_settings()),
+    )
+
+
+def dataset_resources(dataset: Dataset, audit: AuditSettings, training: TrainingSettings) -> dict:
+    return {dataset.resource_key(AUDIT): audit, dataset.resource_key(TRAINING): training}
+
+
+def shared_resources() -> dict:
+    """Resources every dataset shares: GCS and Dagster Pipes. The GCS project is the deployment's
+    ``GOOGLE_CLOUD_PROJECT`` when it sets one (read at run time), else the credentials' own."""
+    project = dg.EnvVar(PROJECT_VARIABLE) if os.environ.get(PROJECT_VARIABLE) else None
+    return {GCS: GcsStorage(project=project), PIPES_CLIENT: dg.PipesSubprocessClient()}

@@ -1,0 +1,106 @@
+"""How a dataset's assets and checks are made: a plain function per step, wrapped once per dataset.
+
+Every asset and check body is a module-level function of one :class:`Step`, which gives it the
+run's context, the dataset (its name and splits) and that dataset's resources. The wrappers here
+turn each body into the dataset's own asset (key ``[dataset, body name]``) or check, so one body
+serves every dataset a deployment audits.
+"""
+
+
+import inspect
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import dagster as dg
+
+from leakage_pipeline.defs.dataset import Dataset
+from leakage_pipeline.defs.output_files import OutputFiles
+from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
+
+AUDIT = "audit"
+TRAINING = "training"
+PIPES_CLIENT = "pipes_subprocess_client"  # one client for every dataset
+GCS = "gcs"  # one GCS connection for every dataset
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one step of one dataset's run works with."""
+
+    context: "dg.AssetExecutionContext | dg.AssetCheckExecutionContext"
+    dataset: Dataset
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.dataset.splits)
+
+    @property
+    def audit(self) -> AuditSettings:
+        return getattr(self.context.resources, self.dataset.resource_key(AUDIT))
+
+    @property
+    def training(self) -> TrainingSettings:
+        return getattr(self.context.resources, self.dataset.resource_key(TRAINING))
+
+    @property
+    def pipes(self) -> dg.PipesSubprocessClient:
+        return getattr(self.context.resources, PIPES_CLIENT)
+
+    @cached_property
+    def files(self) -> OutputFiles:
+        return OutputFiles(self.audit.output_dir)
+
+    @property
+    def log(self):
+        return self.context.log
+
+
+def _resource_keys(dataset: Dataset, resources: Sequence[str]) -> set[str]:
+    """Every step may read or write gs:// locations, so each needs the GCS resource set up."""
+    return {GCS} | {PIPES_CLIENT if name == PIPES_CLIENT else dataset.resource_key(name) for name in resources}
+
+
+def asset_key(dataset: Dataset, name: str) -> dg.AssetKey:
+    return dg.AssetKey([dataset.name, name])
+
+
+def dataset_asset(
+    dataset: Dataset, body: Callable[[Step], dg.MaterializeResult], *, group: str, deps: Sequence[str] = (),
+    kinds: set[str], resources: Sequence[str] = (AUDIT,), partitioned_by_split: bool = False,
+) -> dg.AssetsDefinition:
+    """``body`` as the dataset's asset ``[dataset.name, body.__name__]``.
+
+    Partitioned by split, every selected split runs in one step (a single-run backfill: a beta
+    Dagster feature this pipeline relies on knowingly, so its notice is silenced here).
+    """
+    partitioning = {}
+    if partitioned_by_split:
+        partitioning = {"partitions_def": dg.StaticPartitionsDefinition(list(dataset.splits)),
+                        "backfill_policy": dg.BackfillPolicy.single_run()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+
+        @dg.asset(
+            name=body.__name__, key_prefix=[dataset.name], group_name=f"{dataset.name}_{group}",
+            deps=[asset_key(dataset, name) for name in deps], kinds=kinds, description=inspect.getdoc(body),
+            required_resource_keys=_resource_keys(dataset, resources), **partitioning,
+        )
+        def _asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+            return body(Step(context, dataset))
+
+    return _asset
+
+
+def dataset_check(
+    dataset: Dataset, body: Callable[[Step], dg.AssetCheckResult], *, asset: str,
+) -> dg.AssetChecksDefinition:
+    """``body`` as an asset check on the dataset's asset ``asset``."""
+
+    @dg.asset_check(asset=asset_key(dataset, asset), name=body.__name__, description=inspect.getdoc(body),
+                    required_resource_keys=_resource_keys(dataset, [AUDIT]))
+    def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        return body(Step(context, dataset))
+
+    return _check

@@ -1,0 +1,1 @@
+"""Where the pipeline reads and writes: local paths and Google Cloud Storage, through one layer."""
