@@ -63,11 +63,12 @@ def build_new_data_sensor(dataset: Dataset, audit_job) -> dg.SensorDefinition:
 
     @dg.sensor(name=f"{dataset.name}_new_data", job=audit_job, minimum_interval_seconds=dataset.new_data_interval_seconds,
                default_status=dg.DefaultSensorStatus.STOPPED, required_resource_keys={audit_key, GCS})
-    def new_data(context: dg.SensorEvaluationContext, **resources) -> dg.SensorResult:
+    def new_data(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         """Audits again when the manifest or its images change, hashing only the split partitions
         whose images changed. The cursor holds each split's fingerprint (locations, sizes and
         versions from a listing: no image is read)."""
-        audit = resources[audit_key]  # Dagster passes the required resources by key
+        # On context.resources: a daemon passes no keyword arguments for required_resource_keys.
+        audit = getattr(context.resources, audit_key)
         try:
             frame = add_locations(load_manifest(audit.manifest_path, audit.column_mapping(), splits),
                                   audit.location_rules(), audit.manifest_path)
