@@ -30,24 +30,31 @@ from google.cloud import storage
 from leakage_pipeline.demo.synthetic_dataset import DemoSpec, build_demo_dataset
 from leakage_pipeline_tests.conftest import write_image
 
-# What the test knows about the pipeline, in one place (issue 12 renames jobs, assets, sensor and settings).
+# What the test knows about the pipeline, in one place: the deployment's own dataset, all in the bucket.
 LOCATION = "leakage_pipeline"
 REPOSITORY = "__repository__"
-AUDIT_JOB = "leakage_audit"
-HASH_ASSET = ["image_hashes"]
-SENSOR = "manifest_changed"
-SCHEDULE = "nightly_audit"
+DATASET = "deploytest"
+AUDIT_JOB = f"{DATASET}_audit"
+HASH_ASSET = [DATASET, "image_hashes"]
+SENSOR = f"{DATASET}_new_data"
+SCHEDULE = f"{DATASET}_nightly_audit"
 SPLITS = ("train", "val", "test")
 LEAKED_TEST_IMAGES_CHECK = "no_test_image_leaked"
 BUCKET = "scans"
 LOGS_BUCKET = "dagster-logs"
+MANIFEST_OBJECT = "data/manifest.csv"
+OUTPUT_PREFIX = f"audits/{DATASET}"
+REPORT_OBJECT = f"{OUTPUT_PREFIX}/report/leakage_audit.json"
 NEW_IMAGES = 4
 
 
-def pipeline_environment(manifest: Path, output_dir: Path) -> dict[str, str]:
-    """The settings the code location reads: manifest and outputs on disk, images in the bucket."""
-    return {"LEAKAGE_MANIFEST": str(manifest), "LEAKAGE_OUTPUT_DIR": str(output_dir),
-            "LEAKAGE_IMAGE_ROOT": f"gs://{BUCKET}"}
+def write_dataset_yaml(folder: Path) -> dict[str, str]:
+    """The deployment's dataset (manifest, images and outputs in the bucket) and the settings that load it."""
+    folder.mkdir()
+    (folder / f"{DATASET}.yaml").write_text(
+        f"name: {DATASET}\nsplits: [{', '.join(SPLITS)}]\nnew_data_interval_seconds: 5\n"
+        f"audit:\n  manifest_path: gs://{BUCKET}/{MANIFEST_OBJECT}\n  output_dir: gs://{BUCKET}/{OUTPUT_PREFIX}\n")
+    return {"LEAKAGE_DATASETS_DIR": str(folder), "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
 
 
 def audit_run_tags() -> dict[str, str]:
@@ -164,8 +171,7 @@ class Stack:
     env: dict[str, str]
     graphql_url: str
     bucket: storage.Bucket
-    manifest: Path
-    output_dir: Path
+    manifest: Path  # the local copy of the bucket's manifest
     postgres_dsn: str
     code_server_command: list[str]
 
@@ -271,13 +277,21 @@ def run_events(stack: Stack, run_id: str) -> list[dict]:
             return events
 
 
-def hash_materializations(stack: Stack, run_id: str) -> dict[str, dict]:
-    """Each image_hashes partition the run materialized, with its metadata (label -> value)."""
-    return {
-        event["partition"]: {entry["label"]: entry.get("intValue", entry.get("text")) for entry in event["metadataEntries"]}
-        for event in run_events(stack, run_id)
-        if event["__typename"] == "MaterializationEvent" and event["assetKey"]["path"] == HASH_ASSET
-    }
+def hashed_and_reused(stack: Stack, run_id: str) -> dict[str, tuple[int, int]]:
+    """Each hash partition the run materialized: how many images it hashed and how many it reused."""
+    partitions = {}
+    for event in run_events(stack, run_id):
+        if event["__typename"] == "MaterializationEvent" and event["assetKey"]["path"] == HASH_ASSET:
+            metadata = {entry["label"]: entry.get("intValue") for entry in event["metadataEntries"]}
+            partitions[event["partition"]] = (metadata["hashed"], metadata["reused"])
+    return partitions
+
+
+def wait_for_sensor_runs(stack: Stack, count: int) -> list[dict]:
+    """The sensor's runs, newest first, once there are ``count``."""
+    return wait_for(f"the sensor's run number {count}", lambda: (runs := stack.gql(
+        RUNS_TAGGED, key="dagster/sensor_name", value=SENSOR)["runsOrError"]["results"]) and len(runs) >= count
+        and runs, 120)
 
 
 def assert_succeeded(stack: Stack, run_id: str, timeout: float = 150) -> None:
@@ -287,19 +301,25 @@ def assert_succeeded(stack: Stack, run_id: str, timeout: float = 150) -> None:
                                  + "\n--- code server ---\n" + stack.processes.log_tail("code-server"))
 
 
-def upload_images(bucket: storage.Bucket, root: Path, paths: list[Path]) -> None:
+def upload(bucket: storage.Bucket, root: Path, paths: list[Path]) -> None:
+    """Files under ``root`` into the manifest's folder of the bucket, at the same relative paths."""
     for path in paths:
-        bucket.blob(path.relative_to(root).as_posix()).upload_from_filename(str(path))
+        bucket.blob(f"{Path(MANIFEST_OBJECT).parent}/{path.relative_to(root).as_posix()}").upload_from_filename(
+            str(path))
+
+
+def report(stack: Stack) -> bytes:
+    return stack.bucket.blob(REPORT_OBJECT).download_as_bytes()
 
 
 def add_test_images(stack: Stack, dataset_root: Path) -> int:
     """A new test patient's images: uploaded to the bucket and appended to the manifest."""
     paths = [write_image(dataset_root / "images" / f"new_patient_{i}.png", 9000 + i) for i in range(NEW_IMAGES)]
-    upload_images(stack.bucket, dataset_root, paths)
     manifest = pl.read_csv(stack.manifest, infer_schema=False)
     added = pl.DataFrame([{"image_uri": p.relative_to(dataset_root).as_posix(), "patient_id": "new_patient",
                            "label": manifest["label"][0], "split": SPLITS[-1]} for p in paths])
     pl.concat([manifest, added], how="diagonal").write_csv(stack.manifest)
+    upload(stack.bucket, dataset_root, [*paths, stack.manifest])
     return len(paths)
 
 
@@ -360,7 +380,7 @@ def _start_stack(processes: Processes, work: Path) -> Stack:
 
     dataset_root = work / "dataset"
     manifest = build_demo_dataset(dataset_root, DEMO)
-    upload_images(client.bucket(BUCKET), dataset_root, sorted((dataset_root / "images").iterdir()))
+    upload(client.bucket(BUCKET), dataset_root, [*sorted((dataset_root / "images").iterdir()), manifest])
 
     dagster_home = work / "dagster_home"
     dagster_home.mkdir()
@@ -375,12 +395,12 @@ def _start_stack(processes: Processes, work: Path) -> Stack:
         "DAGSTER_COMPUTE_LOGS_BUCKET": LOGS_BUCKET,
         "DAGSTER_CODE_SERVER_HOST": "127.0.0.1", "DAGSTER_CODE_SERVER_PORT": str(code_server_port),
         "STORAGE_EMULATOR_HOST": emulator,
-        **pipeline_environment(manifest, work / "outputs"),
+        **write_dataset_yaml(work / "datasets"),
     }
     workspace = str(DEPLOY / "workspace.yaml")
     stack = Stack(
         processes=processes, env=env, graphql_url=f"http://127.0.0.1:{webserver_port}/graphql",
-        bucket=client.bucket(BUCKET), manifest=manifest, output_dir=work / "outputs", postgres_dsn=dsn,
+        bucket=client.bucket(BUCKET), manifest=manifest, postgres_dsn=dsn,
         # The image's entry point (deploy/Dockerfile), on a loopback port.
         code_server_command=[str(BIN / "dagster"), "code-server", "start", "-h", "127.0.0.1",
                              "-p", str(code_server_port), "-m", "leakage_pipeline.definitions",
@@ -406,12 +426,11 @@ def test_the_deployed_stack(stack: Stack):
     # 1. The audit job, launched through GraphQL, queued and launched by the daemon.
     first = launch_audit(stack)
     assert_succeeded(stack, first)
-    hashed = hash_materializations(stack, first)
-    assert sorted(hashed) == sorted(SPLITS)
-    images = pl.read_csv(stack.manifest, infer_schema=False).height
-    assert hashed[SPLITS[-1]]["hashed"] == images and hashed[SPLITS[-1]]["reused"] == 0
-    report = json.loads((stack.output_dir / "report" / "leakage_audit.json").read_text())
-    assert report["verdict"]["leaked_test_images"] > 0  # the demo's planted leaks
+    per_split = dict(pl.read_csv(stack.manifest, infer_schema=False).group_by("split").len().iter_rows())
+    assert hashed_and_reused(stack, first) == {split: (per_split[split], 0) for split in SPLITS}
+    assert json.loads(report(stack))["verdict"]["leaked_test_images"] > 0  # the demo's planted leaks
+    outputs = {blob.name for blob in stack.bucket.list_blobs(prefix=OUTPUT_PREFIX + "/")}
+    assert {f"{OUTPUT_PREFIX}/manifest.parquet", f"{OUTPUT_PREFIX}/near_duplicate_pairs.parquet"} <= outputs
     # In Postgres: the run, its events, the check results, and the step logs in the bucket.
     assert stack.sql("SELECT status FROM runs WHERE run_id = %s", first) == [("SUCCESS",)]
     event_types = {row[0] for row in stack.sql("SELECT DISTINCT dagster_event_type FROM event_logs WHERE run_id = %s",
@@ -423,19 +442,19 @@ def test_the_deployed_stack(stack: Stack):
     assert list(stack.bucket.client.list_blobs(LOGS_BUCKET, prefix="dagster-compute-logs/")), "no step logs in GCS"
     step("audit run")
 
-    # 2. New images: the daemon's sensor sees the manifest change and starts a run that hashes only them.
-    added = add_test_images(stack, stack.manifest.parent)
+    # 2. The daemon's sensor: its first tick records every split (one run, nothing to hash); after new
+    # test images, its next tick starts a run of the test partition alone that hashes only them.
     selector = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": SENSOR}
     started = stack.gql(START_SENSOR, selector=selector)["startSensor"]
     assert started["__typename"] == "Sensor" and started["sensorState"]["status"] == "RUNNING", started
-    sensor_runs = wait_for("the sensor's run", lambda: stack.gql(
-        RUNS_TAGGED, key="dagster/sensor_name", value=SENSOR)["runsOrError"]["results"], 90)
-    assert len(sensor_runs) == 1
-    assert_succeeded(stack, sensor_runs[0]["runId"])
-    hashed = hash_materializations(stack, sensor_runs[0]["runId"])
-    assert {split: (meta["hashed"], meta["reused"]) for split, meta in hashed.items()} == {
-        split: (added, images) for split in SPLITS}  # the run's totals on each partition (issue 12 splits them)
-    step("sensor run")
+    first_tick = wait_for_sensor_runs(stack, 1)[0]["runId"]
+    assert_succeeded(stack, first_tick)
+    assert hashed_and_reused(stack, first_tick) == {split: (0, per_split[split]) for split in SPLITS}
+    added = add_test_images(stack, stack.manifest.parent)
+    new_data = wait_for_sensor_runs(stack, 2)[0]["runId"]
+    assert_succeeded(stack, new_data)
+    assert hashed_and_reused(stack, new_data) == {SPLITS[-1]: (added, per_split[SPLITS[-1]])}
+    step("sensor runs")
 
     # 3. A backfill of one partition, run by the daemon: it hashes nothing new and touches only that split.
     params = {"assetSelection": [{"path": HASH_ASSET}], "partitionNames": [SPLITS[0]], "fromFailure": False}
@@ -446,8 +465,7 @@ def test_the_deployed_stack(stack: Stack):
     assert status == "COMPLETED_SUCCESS", status
     backfill_runs = stack.gql(RUNS_TAGGED, key="dagster/backfill", value=backfill["backfillId"])["runsOrError"]["results"]
     assert [run["status"] for run in backfill_runs] == ["SUCCESS"]
-    hashed = hash_materializations(stack, backfill_runs[0]["runId"])
-    assert list(hashed) == [SPLITS[0]] and hashed[SPLITS[0]]["hashed"] == 0
+    assert hashed_and_reused(stack, backfill_runs[0]["runId"]) == {SPLITS[0]: (0, per_split[SPLITS[0]])}
     step("backfill")
 
     # 4. The nightly schedule's next tick, evaluated by the code server: one audit over every split.
@@ -466,7 +484,7 @@ def test_the_deployed_stack(stack: Stack):
 
     # 5. The code server dies while a run's worker is starting: the run is marked failed, the daemon
     # retries it on the restarted server, and the retry succeeds with the same report.
-    report_before = (stack.output_dir / "report" / "leakage_audit.json").read_text()
+    report_before = report(stack)
     doomed = launch_audit(stack)
     worker_started = wait_for("the run worker to start", lambda: next(
         (e["message"] for e in run_events(stack, doomed) if (e.get("message") or "").startswith("Started process")),
@@ -481,7 +499,6 @@ def test_the_deployed_stack(stack: Stack):
     retries = wait_for("the automatic retry", lambda: stack.gql(
         RUNS_TAGGED, key="dagster/parent_run_id", value=doomed)["runsOrError"]["results"], 60)
     assert_succeeded(stack, retries[0]["runId"])
-    hashed = hash_materializations(stack, retries[0]["runId"])
-    assert all(meta["hashed"] == 0 for meta in hashed.values())  # every hash was still there
-    assert (stack.output_dir / "report" / "leakage_audit.json").read_text() == report_before
+    assert all(hashed == 0 for hashed, _ in hashed_and_reused(stack, retries[0]["runId"]).values())
+    assert json.loads(report(stack))["verdict"] == json.loads(report_before)["verdict"]  # nothing lost
     step("killed code server, retry")

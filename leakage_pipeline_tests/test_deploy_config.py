@@ -16,7 +16,9 @@ from dagster._serdes.config_class import ConfigurableClassData
 from dagster_gcp.gcs.compute_log_manager import GCSComputeLogManager
 from dagster_k8s import K8sRunLauncher
 
-from leakage_pipeline.defs.automation import GPU_RUN_TAG, training_job
+from leakage_pipeline.definitions import defs
+from leakage_pipeline.defs.automation import GPU_RUN_TAG
+from leakage_pipeline.defs.dataset import Dataset
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 INSTANCE_ENV = {
@@ -54,9 +56,15 @@ def helm_values() -> dict:
     return load("helm/values.yaml")
 
 
-@pytest.mark.parametrize("name", ["dagster.yaml", "workspace.yaml", "docker-compose.yml", "helm/values.yaml"])
+@pytest.mark.parametrize("name", ["dagster.yaml", "workspace.yaml", "docker-compose.yml", "helm/values.yaml",
+                                  "datasets/example.yaml"])
 def test_every_yaml_parses_to_a_mapping(name):
     assert isinstance(load(name), dict)
+
+
+def test_the_compose_dataset_is_a_valid_dataset():
+    dataset = Dataset.model_validate(load("datasets/example.yaml"))
+    assert dataset.audit_settings().output_dir.startswith("gs://")
 
 
 def test_the_instance_config_builds_its_coordinator_and_log_manager(instance_config):
@@ -65,7 +73,7 @@ def test_the_instance_config_builds_its_coordinator_and_log_manager(instance_con
     coordinator = build(instance_config["run_coordinator"])
     limits = {limit["key"]: limit["limit"] for limit in coordinator.get_run_queue_config().tag_concurrency_limits}
     assert limits == {GPU_RUN_TAG: 2}
-    assert training_job.tags[GPU_RUN_TAG]  # the limit applies to the training job's runs
+    assert defs().resolve_job_def("demo_training").tags[GPU_RUN_TAG]  # the limit applies to training runs
     # The log manager checks its bucket when built (`make test-deploy` builds it against the emulator).
     logs = instance_config["compute_logs"]
     assert (logs["module"], logs["class"]) == (GCSComputeLogManager.__module__, GCSComputeLogManager.__name__)
