@@ -7,13 +7,13 @@ STAMP := $(VENV)/.installed
 # CUDA index's pin) to keep a CUDA build. pyproject.toml only asks for torch>=2.9.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test dev bench clean
+.PHONY: demo test test-deploy dev bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet '$(TORCH)'
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,deploy]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -21,6 +21,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 leakage_pipeline_tests
+
+# The deployment of deploy/ as real processes on 127.0.0.1 (Postgres from Debian's package, installed
+# when missing; it runs as an unprivileged user), driven through the webserver's GraphQL API.
+test-deploy: $(STAMP)
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update && apt-get install -y postgresql)
+	$(BIN)/python -m pytest -p no:cacheprovider -rA deploy/test_deploy.py
 
 # The Dagster UI on 127.0.0.1:3000 over the demo data (run `make demo` once first).
 dev: $(STAMP)

@@ -12,9 +12,9 @@ from leakage_pipeline.audit.manifest import CANONICAL_COLUMNS
 from leakage_pipeline.audit.matching import PAIR_SCHEMA
 from leakage_pipeline.definitions import defs as load_definitions
 from leakage_pipeline.defs.assets import VERIFY_CACHE_TAG
-from leakage_pipeline.defs.automation import build_new_data_sensor, partition_range_tags
+from leakage_pipeline.defs.automation import partition_range_tags
 from leakage_pipeline.defs.dataset import DEFAULT_SPLITS, Dataset
-from leakage_pipeline.defs.dataset_defs import shared_resources
+from leakage_pipeline.defs.dataset_defs import build_dataset_defs, shared_resources
 from leakage_pipeline.defs.settings import AuditSettings
 from leakage_pipeline.runner import AuditFailed, run_audit
 from leakage_pipeline.training.image_store import INDEX_SCHEMA
@@ -210,15 +210,19 @@ def test_new_data_sensor_requests_only_the_changed_split_partitions(small_demo, 
     manifest = data / "manifest.csv"
     settings = AuditSettings(manifest_path=str(manifest), output_dir=str(tmp_path / "out"))
     dataset = Dataset(name="ward", splits=DEFAULT_SPLITS)
-    sensor = build_new_data_sensor(dataset, dg.define_asset_job("ward_audit"))
+    # The dataset's own definitions, so the sensor is evaluated as the daemon evaluates it.
+    definitions = dg.Definitions.merge(build_dataset_defs(dataset, audit=settings),
+                                       dg.Definitions(resources=shared_resources()))
+    sensor = definitions.resolve_sensor_def("ward_new_data")
 
     def evaluate(cursor):
-        with dg.build_sensor_context(cursor=cursor, resources={"ward_audit": settings, **shared_resources()}) as context:
-            return sensor(context)
+        with dg.build_sensor_context(cursor=cursor, definitions=definitions,
+                                      resources={"ward_audit": settings, **shared_resources()}) as context:
+            return sensor.evaluate_tick(context)
 
     first = evaluate(None)  # nothing seen yet: every split
-    assert [r.tags for r in first.run_requests] == [EVERY_SPLIT]
-    assert evaluate(first.cursor).skip_reason is not None  # nothing changed
+    assert [r.tags for r in first.run_requests] == [{**EVERY_SPLIT, "dagster/sensor_name": "ward_new_data"}]
+    assert evaluate(first.cursor).skip_message is not None  # nothing changed
     rows = pl.read_csv(manifest, infer_schema=False)
     write_image(data / "images" / "late.png", 4242)
     pl.concat([rows, pl.DataFrame([{**rows.row(0, named=True), "image_uri": "images/late.png", "patient_id": "LATE",
@@ -229,7 +233,7 @@ def test_new_data_sensor_requests_only_the_changed_split_partitions(small_demo, 
     write_image(data / rewritten, 4343)  # a rewrite in place: a new version of a test image
     changed = evaluate(added.cursor)
     assert [r.partition_key for r in changed.run_requests] == ["test"]
-    assert evaluate(changed.cursor).skip_reason is not None
+    assert evaluate(changed.cursor).skip_message is not None
 
 
 def test_a_verifying_run_reports_stale_cached_hashes_in_metadata_and_a_file(tmp_path):

@@ -16,9 +16,8 @@ import pytest
 from gcp_storage_emulator.server import create_server
 
 from leakage_pipeline.defs.assets import build_audit_assets
-from leakage_pipeline.defs.automation import build_new_data_sensor
 from leakage_pipeline.defs.dataset import DEFAULT_SPLITS, Dataset
-from leakage_pipeline.defs.dataset_defs import shared_resources
+from leakage_pipeline.defs.dataset_defs import build_dataset_defs, shared_resources
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
 from leakage_pipeline.output_lock import LOCK_FILE, output_lock
 from leakage_pipeline.runner import AuditFailed, run_audit
@@ -83,15 +82,19 @@ def test_new_images_in_the_bucket_start_a_run_that_hashes_only_them(bucket, tmp_
     _upload_dataset(bucket, scratch, _rows(8))
     settings = AuditSettings(manifest_path="gs://team/scans/manifest.csv", output_dir="gs://team/audits/ward")
     dataset = Dataset(name="ward", splits=DEFAULT_SPLITS)
-    sensor = build_new_data_sensor(dataset, dg.define_asset_job("ward_audit"))
+    # The dataset's own definitions, so the sensor is evaluated as the daemon evaluates it.
+    definitions = dg.Definitions.merge(build_dataset_defs(dataset, audit=settings),
+                                       dg.Definitions(resources=shared_resources()))
+    sensor = definitions.resolve_sensor_def("ward_new_data")
 
     def tick(cursor):
-        with dg.build_sensor_context(cursor=cursor, resources={"ward_audit": settings, **shared_resources()}) as context:
-            return sensor(context)
+        with dg.build_sensor_context(cursor=cursor, definitions=definitions,
+                                      resources={"ward_audit": settings, **shared_resources()}) as context:
+            return sensor.evaluate_tick(context)
 
     first = tick(None)
     run_audit(settings)
-    assert tick(first.cursor).skip_reason is not None
+    assert tick(first.cursor).skip_message is not None
     rows = _rows(8)
     for row in rows:
         row.pop("seed")

@@ -23,13 +23,18 @@ def partition_range_tags(splits: list[str]) -> dict[str, str]:
     return {"dagster/asset_partition_range_start": splits[0], "dagster/asset_partition_range_end": splits[-1]}
 
 
+# Every training run carries this tag; a deployment's run queue limits how many such runs hold a GPU at
+# once (deploy/dagster.yaml, deploy/helm/values.yaml).
+GPU_RUN_TAG = "leakage-pipeline/gpu"
+
+
 def build_jobs(dataset: Dataset, audit_assets: list, training_assets: list) -> list:
     return [
         dg.define_asset_job(f"{dataset.name}_audit", selection=dg.AssetSelection.assets(*audit_assets),
                             description=f"{dataset.name}: manifest to leakage report and leak-free split."),
         dg.define_asset_job(f"{dataset.name}_training", selection=dg.AssetSelection.assets(*training_assets),
                             description=f"{dataset.name}: image stores, the leak-free and the leaky model, and "
-                                        "their evaluation (after an audit)."),
+                                        "their evaluation (after an audit).", tags={GPU_RUN_TAG: "true"}),
     ]
 
 
@@ -58,11 +63,12 @@ def build_new_data_sensor(dataset: Dataset, audit_job) -> dg.SensorDefinition:
 
     @dg.sensor(name=f"{dataset.name}_new_data", job=audit_job, minimum_interval_seconds=dataset.new_data_interval_seconds,
                default_status=dg.DefaultSensorStatus.STOPPED, required_resource_keys={audit_key, GCS})
-    def new_data(context: dg.SensorEvaluationContext, **resources) -> dg.SensorResult:
+    def new_data(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         """Audits again when the manifest or its images change, hashing only the split partitions
         whose images changed. The cursor holds each split's fingerprint (locations, sizes and
         versions from a listing: no image is read)."""
-        audit = resources[audit_key]  # Dagster passes the required resources by key
+        # On context.resources: a daemon passes no keyword arguments for required_resource_keys.
+        audit = getattr(context.resources, audit_key)
         try:
             frame = add_locations(load_manifest(audit.manifest_path, audit.column_mapping(), splits),
                                   audit.location_rules(), audit.manifest_path)
