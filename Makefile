@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(BIN)/leakage-pipeline demo
 
 test: $(STAMP)
+	$(BIN)/ruff check leakage_pipeline leakage_pipeline_tests bench deploy
 	$(BIN)/python -m pytest -n 2 leakage_pipeline_tests
 
 # The deployment of deploy/ as real processes on 127.0.0.1 (Postgres from Debian's package, installed

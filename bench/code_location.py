@@ -69,8 +69,8 @@ def _no_change_run(directory: Path) -> tuple[float, float, int]:
     """(wall seconds, summed step compute seconds, steps) of an audit run after one that did the work."""
     import os
 
-    from leakage_pipeline.demo.synthetic_dataset import build_demo_dataset
     from leakage_pipeline.defs.automation import partition_range_tags
+    from leakage_pipeline.demo.synthetic_dataset import build_demo_dataset
 
     manifest = directory / "data" / "manifest.csv"
     if not manifest.exists():

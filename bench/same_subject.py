@@ -29,9 +29,9 @@ import numpy as np
 import polars as pl
 
 from leakage_pipeline.audit.report import informative_trusted_pairs
-from leakage_pipeline.demo.synthetic_dataset import build_demo_dataset
 from leakage_pipeline.defs.output_files import OutputFiles
 from leakage_pipeline.defs.settings import AuditSettings
+from leakage_pipeline.demo.synthetic_dataset import build_demo_dataset
 from leakage_pipeline.runner import run_audit
 
 MILLION = 1_000_000
@@ -179,9 +179,8 @@ def _table(headers: list[str], rows: list[list]) -> str:
 
 def _ukbench(directory: Path) -> str:
     """Every pair of the set's readable images: same photo (same group) or not, by inliers and by pHash."""
-    from PIL import Image
-
     import imagehash
+    from PIL import Image
 
     from leakage_pipeline.same_subject.calibration import CalibrationSettings
     from leakage_pipeline.same_subject.geometric_verification import count_inliers, keypoints_of_bytes
@@ -204,7 +203,7 @@ def _ukbench(directory: Path) -> str:
         inliers.append(count_inliers(a[2], b[2]))
         distance.append(a[3] - b[3])
     same, inliers, distance = map(np.array, (same, inliers, distance))
-    for name, accepted in ((f"pHash ≤ 8", distance <= 8), (f"inliers ≥ {floor} (the floor; no train split "
+    for name, accepted in (("pHash ≤ 8", distance <= 8), (f"inliers ≥ {floor} (the floor; no train split "
                                                             "to calibrate on)", inliers >= floor)):
         rows.append([name, f"{(accepted & same).sum()}/{accepted.sum()}", f"{(accepted & same).sum()}/{same.sum()}"])
     return (f"ukbench-dups: {len(items)} readable images, {len(same)} pairs, {same.sum()} of one photo\n\n"

@@ -118,7 +118,7 @@ class Processes:
         process.wait(timeout=10)
 
     def stop_all(self) -> None:
-        for name, process in reversed(list(self.started.items())):
+        for process in reversed(list(self.started.values())):
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
                 try:

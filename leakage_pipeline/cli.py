@@ -29,8 +29,8 @@ from leakage_pipeline.storage.files import read_parquet
 from leakage_pipeline.storage.locations import UnsupportedLocation, check_location
 from leakage_pipeline.training.evaluation import summary_markdown
 from leakage_pipeline.training.model_files import Classifier, ModelFileError
-from leakage_pipeline.training.settings import ARCHITECTURES
 from leakage_pipeline.training.serving import DEFAULT_MAX_UPLOAD_BYTES, serve
+from leakage_pipeline.training.settings import ARCHITECTURES
 
 EXIT_RAN = 0
 EXIT_COULD_NOT_RUN = 2

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from leakage_pipeline.audit.image_source import StorageUnreachable
 from leakage_pipeline.defs.assets import build_audit_assets
 from leakage_pipeline.defs.automation import partition_range_tags
 from leakage_pipeline.defs.checks import build_audit_checks, leak_free_split_is_clean
@@ -16,7 +17,6 @@ from leakage_pipeline.defs.dataset_defs import dataset_resources, shared_resourc
 from leakage_pipeline.defs.dataset_step import asset_key
 from leakage_pipeline.defs.output_files import OutputFiles
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
-from leakage_pipeline.audit.image_source import StorageUnreachable
 from leakage_pipeline.output_lock import output_lock
 from leakage_pipeline.progress import parse_progress
 from leakage_pipeline.storage.locations import UnsupportedLocation

@@ -7,14 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from leakage_pipeline.storage.files import replace_atomically, unique_partial_name
 from leakage_pipeline.audit.matching import PAIR_SCHEMA
 from leakage_pipeline.audit.montage import write_montage
+from leakage_pipeline.storage.files import replace_atomically, unique_partial_name
 from leakage_pipeline.training.confusion_image import write_confusion_matrix
 from leakage_pipeline.training.model_files import MODEL_FILE, save_model
 from leakage_pipeline.training.models import build_model
-from leakage_pipeline.training.settings import SMALL_CNN
 from leakage_pipeline.training.preprocessing import Preprocessing
+from leakage_pipeline.training.settings import SMALL_CNN
 
 
 class Killed(BaseException):

@@ -20,7 +20,6 @@ from leakage_pipeline.runner import AuditFailed, run_audit
 from leakage_pipeline.training.image_store import INDEX_SCHEMA
 from leakage_pipeline_tests.conftest import canonical_json, write_image
 
-
 EVERY_SPLIT = partition_range_tags(list(DEFAULT_SPLITS))
 
 

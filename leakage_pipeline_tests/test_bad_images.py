@@ -5,11 +5,16 @@ import os
 import resource
 
 import polars as pl
-import pytest
 from PIL import Image
 
 from leakage_pipeline.audit.image_hashing import (
-    STATUS_NOT_AN_IMAGE, STATUS_OK, STATUS_TOO_LARGE, STATUS_UNREADABLE, HashLimits, hash_image, hash_images,
+    STATUS_NOT_AN_IMAGE,
+    STATUS_OK,
+    STATUS_TOO_LARGE,
+    STATUS_UNREADABLE,
+    HashLimits,
+    hash_image,
+    hash_images,
 )
 from leakage_pipeline.audit.pixel_limit import MAX_PIXELS
 from leakage_pipeline_tests.conftest import encode, png_bomb, write_image

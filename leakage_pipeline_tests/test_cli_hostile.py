@@ -9,8 +9,8 @@ import torch
 from leakage_pipeline.cli import EXIT_COULD_NOT_RUN, main
 from leakage_pipeline.training.model_files import MODEL_FILE, save_model
 from leakage_pipeline.training.models import build_model
-from leakage_pipeline.training.settings import SMALL_CNN
 from leakage_pipeline.training.preprocessing import Preprocessing
+from leakage_pipeline.training.settings import SMALL_CNN
 from leakage_pipeline_tests.conftest import png_bomb, write_image
 
 CLASSES = ["benign", "malignant"]

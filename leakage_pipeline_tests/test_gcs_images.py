@@ -9,10 +9,10 @@ import pytest
 from gcp_storage_emulator.server import create_server
 
 from leakage_pipeline.audit import image_source
-from leakage_pipeline.storage.locations import gcs_client, use_gcs_client
 from leakage_pipeline.audit.image_hashing import STATUS_MISSING, STATUS_OK, hash_images
 from leakage_pipeline.defs.settings import AuditSettings
 from leakage_pipeline.runner import AuditFailed, run_audit
+from leakage_pipeline.storage.locations import gcs_client, use_gcs_client
 from leakage_pipeline_tests.conftest import write_image
 
 

@@ -7,8 +7,14 @@ import pytest
 from PIL import Image
 
 from leakage_pipeline.audit.image_hashing import (
-    STATUS_MISSING, STATUS_NOT_AN_IMAGE, STATUS_OK, STATUS_TOO_LARGE, STATUS_UNREADABLE,
-    HashLimits, hash_image, hash_images,
+    STATUS_MISSING,
+    STATUS_NOT_AN_IMAGE,
+    STATUS_OK,
+    STATUS_TOO_LARGE,
+    STATUS_UNREADABLE,
+    HashLimits,
+    hash_image,
+    hash_images,
 )
 from leakage_pipeline.audit.perceptual_hash import HASH_MODE_EXACT, HASH_MODE_FAST, perceptual_hashes
 from leakage_pipeline_tests.conftest import encode, write_image
@@ -33,7 +39,7 @@ def _varied_images():
     yield "bilevel", gradient.convert("1")
     yield "la", gradient.convert("LA")
     yield "cmyk", smooth.convert("CMYK")
-    yield "16-bit", Image.fromarray((np.asarray(gradient, dtype=np.uint16) * 200))
+    yield "16-bit", Image.fromarray(np.asarray(gradient, dtype=np.uint16) * 200)
     for quality in (35, 95):
         yield f"jpeg-q{quality}", Image.open(io.BytesIO(encode(smooth, "JPEG", quality=quality)))
     yield "png-roundtrip", Image.open(io.BytesIO(encode(noise, "PNG")))

@@ -6,7 +6,12 @@ import pytest
 from leakage_pipeline.audit.integrity import check_split_integrity
 from leakage_pipeline.audit.matching import cross_split_pairs
 from leakage_pipeline.audit.report import (
-    VERDICT_CANNOT_VOUCH, VERDICT_CLEAN, VERDICT_LEAKED, VERDICT_NOTHING_TO_AUDIT, ReportSettings, build_report,
+    VERDICT_CANNOT_VOUCH,
+    VERDICT_CLEAN,
+    VERDICT_LEAKED,
+    VERDICT_NOTHING_TO_AUDIT,
+    ReportSettings,
+    build_report,
     wilson_interval,
 )
 from leakage_pipeline_tests.conftest import images_frame

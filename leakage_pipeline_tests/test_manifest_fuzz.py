@@ -16,8 +16,19 @@ from hypothesis import strategies as st
 
 from leakage_pipeline.audit.image_hashing import HASH_SCHEMA
 from leakage_pipeline.audit.manifest import (
-    CANONICAL_COLUMNS, EXTRA_PREFIX, IDENTITY_CASE, IDENTITY_IMAGE, IDENTITY_PATIENT, NULL_LIKE_VALUES, REQUIRED_COLUMNS, ColumnMapping,
-    LocationRules, ManifestError, add_locations, canonicalize, read_table,
+    CANONICAL_COLUMNS,
+    EXTRA_PREFIX,
+    IDENTITY_CASE,
+    IDENTITY_IMAGE,
+    IDENTITY_PATIENT,
+    NULL_LIKE_VALUES,
+    REQUIRED_COLUMNS,
+    ColumnMapping,
+    LocationRules,
+    ManifestError,
+    add_locations,
+    canonicalize,
+    read_table,
 )
 from leakage_pipeline.cli import EXIT_COULD_NOT_RUN, EXIT_RAN, main
 from leakage_pipeline_tests.conftest import write_image

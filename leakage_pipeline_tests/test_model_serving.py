@@ -15,9 +15,9 @@ from urllib3 import encode_multipart_formdata
 from leakage_pipeline.cli import EXIT_COULD_NOT_RUN, EXIT_RAN, main
 from leakage_pipeline.training.model_files import Classifier, save_model
 from leakage_pipeline.training.models import build_model
-from leakage_pipeline.training.settings import SMALL_CNN
 from leakage_pipeline.training.preprocessing import Preprocessing
 from leakage_pipeline.training.serving import create_app
+from leakage_pipeline.training.settings import SMALL_CNN
 from leakage_pipeline_tests.conftest import encode, write_image
 
 CLASSES = ["benign", "malignant", "unsure"]

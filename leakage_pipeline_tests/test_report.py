@@ -4,7 +4,12 @@ import pytest
 from leakage_pipeline.audit.identity import identities, identity_edges
 from leakage_pipeline.audit.integrity import check_split_integrity
 from leakage_pipeline.audit.report import (
-    ReportSettings, build_report, label_agreement_table, label_chance, patient_links, trusted_radii,
+    ReportSettings,
+    build_report,
+    label_agreement_table,
+    label_chance,
+    patient_links,
+    trusted_radii,
 )
 
 

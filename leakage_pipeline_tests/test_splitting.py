@@ -1,12 +1,16 @@
 import polars as pl
 import pytest
 
-from leakage_pipeline.audit.integrity import check_split_integrity
-from leakage_pipeline.audit.manifest import ManifestError
 from leakage_pipeline.audit.identity import identities
+from leakage_pipeline.audit.integrity import check_split_integrity
 from leakage_pipeline.audit.leak_free_split import leak_free_split
+from leakage_pipeline.audit.manifest import ManifestError
 from leakage_pipeline.audit.splitting import (
-    MOVED_WITH_IDENTITY, SplitPlan, assign_splits, identities_whole, keep_splits,
+    MOVED_WITH_IDENTITY,
+    SplitPlan,
+    assign_splits,
+    identities_whole,
+    keep_splits,
 )
 from leakage_pipeline_tests.conftest import images_frame
 

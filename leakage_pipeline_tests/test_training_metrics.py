@@ -6,7 +6,11 @@ import pytest
 from sklearn import metrics as sk
 
 from leakage_pipeline.training.evaluation import (
-    LEAK_FREE_SHARED, LEAKY_SHARED, LEAKY_TEST, EvaluationInputs, evaluate,
+    LEAK_FREE_SHARED,
+    LEAKY_SHARED,
+    LEAKY_TEST,
+    EvaluationInputs,
+    evaluate,
 )
 from leakage_pipeline.training.metrics import (
     bootstrap_metrics,

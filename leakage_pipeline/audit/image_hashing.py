@@ -18,8 +18,8 @@ import polars as pl
 from PIL import UnidentifiedImageError
 
 from leakage_pipeline.audit import image_source
-from leakage_pipeline.audit.pixel_limit import MAX_PIXELS, ImageTooLarge, open_image
 from leakage_pipeline.audit.perceptual_hash import HASH_MODE_EXACT, HASH_MODES, perceptual_hashes, prepare
+from leakage_pipeline.audit.pixel_limit import MAX_PIXELS, ImageTooLarge, open_image
 from leakage_pipeline.progress import ProgressReporter, start_progress
 
 STATUS_OK = "ok"

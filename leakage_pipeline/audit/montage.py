@@ -7,10 +7,10 @@ from pathlib import Path
 import polars as pl
 from PIL import Image, ImageDraw, ImageFont
 
-from leakage_pipeline.storage.files import replace_atomically
 from leakage_pipeline.audit import image_source
 from leakage_pipeline.audit.leak_reasons import LEAK_REASONS, SAME_SUBJECT
 from leakage_pipeline.audit.pixel_limit import open_image
+from leakage_pipeline.storage.files import replace_atomically
 
 _THUMB = 160
 _CAPTION = 46

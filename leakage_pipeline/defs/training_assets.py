@@ -18,6 +18,7 @@ from leakage_pipeline.defs.assets import rounded
 from leakage_pipeline.defs.checks import leak_free_split_problems
 from leakage_pipeline.defs.dataset import Dataset
 from leakage_pipeline.defs.dataset_step import AUDIT, PIPES_CLIENT, TRAINING, Step, dataset_asset
+from leakage_pipeline.progress import ProgressReporter
 from leakage_pipeline.storage.files import (
     download_tree,
     read_parquet,
@@ -26,7 +27,6 @@ from leakage_pipeline.storage.files import (
     write_parquet,
     write_text,
 )
-from leakage_pipeline.progress import ProgressReporter
 from leakage_pipeline.training.confusion_image import write_confusion_matrix
 from leakage_pipeline.training.evaluation import EvaluationInputs, evaluate, evaluation_markdown, summary_markdown
 from leakage_pipeline.training.image_store import build_store, open_stores

@@ -15,8 +15,9 @@ training, and re-shots of their lesion (new crop, zoom, rotation, mirror, lighti
 val and test under the same id or under a new one; ``planted.json`` lists each re-shot with its
 source patient (the same-subject stage's ground truth). The other demo images have no detail that
 persists from one shot to the next (a smooth field plus fresh noise per shot), so no keypoint
-method could tell two of their shots apart from two patients; a re-photographed lesion does. Smooth images with a strong lighting gradient make dHash collide across
-labels by coincidence, which the report must expose.
+method could tell two of their shots apart from two patients; a re-photographed lesion does.
+Smooth images with a strong lighting gradient make dHash collide across labels by coincidence,
+which the report must expose.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import polars as pl
 
-from leakage_pipeline.storage.files import write_parquet
 from leakage_pipeline.audit.image_hashing import CACHE_KEY, reusable_rows
+from leakage_pipeline.storage.files import write_parquet
 
 TAG = "tag"
 KEY_COLUMNS = [*CACHE_KEY, "status"]  # the hash row's key and status travel with each cached row

@@ -18,7 +18,6 @@ import numpy as np
 import polars as pl
 from PIL import UnidentifiedImageError
 
-from leakage_pipeline.storage.files import replace_atomically, write_json
 from leakage_pipeline.audit import image_source
 from leakage_pipeline.audit.image_hashing import STATUS_OK
 from leakage_pipeline.audit.pixel_limit import open_image
@@ -33,6 +32,7 @@ from leakage_pipeline.same_subject.geometric_verification import (
     match,
     reduced_gray,
 )
+from leakage_pipeline.storage.files import replace_atomically, write_json
 
 RAN, SKIPPED = "ran", "skipped"
 _SIDE = ("location", "image_uri", "patient_id", "label", "split")

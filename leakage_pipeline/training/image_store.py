@@ -18,10 +18,10 @@ import numpy as np
 import polars as pl
 from PIL import UnidentifiedImageError
 
-from leakage_pipeline.storage.files import write_json, write_parquet
 from leakage_pipeline.audit import image_source
 from leakage_pipeline.audit.image_hashing import STATUS_OK
 from leakage_pipeline.progress import ProgressReporter, start_progress
+from leakage_pipeline.storage.files import write_json, write_parquet
 from leakage_pipeline.training.preprocessing import Preprocessing
 
 UNDECODABLE = "undecodable"

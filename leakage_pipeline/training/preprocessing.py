@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from leakage_pipeline.storage.files import write_json
 from leakage_pipeline.audit.pixel_limit import open_image
+from leakage_pipeline.storage.files import write_json
 
 CHANNEL_MODES = {1: "L", 3: "RGB"}
 

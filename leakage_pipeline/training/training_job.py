@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from leakage_pipeline.storage.files import write_json, write_parquet
 from leakage_pipeline.progress import ProgressReporter
+from leakage_pipeline.storage.files import write_json, write_parquet
 from leakage_pipeline.training.image_store import ImageStore, open_stores
 from leakage_pipeline.training.preprocessing import Preprocessing
 from leakage_pipeline.training.settings import TrainSettings
