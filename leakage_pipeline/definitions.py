@@ -12,11 +12,12 @@ from leakage_pipeline.defs.dataset_defs import build_dataset_defs, shared_resour
 
 @dg.definitions
 def defs() -> dg.Definitions:
+    datasets = load_datasets()
     return dg.Definitions.merge(
         dg.load_from_defs_folder(path_within_project=Path(__file__).parent / "defs"),
-        *(build_dataset_defs(dataset) for dataset in load_datasets()),
+        *(build_dataset_defs(dataset) for dataset in datasets),
         dg.Definitions(
-            resources=shared_resources(),
+            resources=shared_resources(training_pods=any(d.training_pod is not None for d in datasets)),
             # One process per run holds the output root's lock for the whole run (see AuditSettings).
             executor=dg.in_process_executor,
         ),

@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
+from leakage_pipeline.defs.training_pod import TrainingPod
 
 DATASETS_DIR = Path(__file__).parent / "datasets"
 DATASETS_DIR_VARIABLE = "LEAKAGE_DATASETS_DIR"
@@ -49,6 +50,7 @@ class Dataset(BaseModel):
     splits: tuple[str, ...] = DEFAULT_SPLITS
     audit: dict[str, Any] = {}
     training: dict[str, Any] = {}
+    training_pod: dict[str, Any] | None = None  # train in a Kubernetes pod (see defs/training_pod.py)
     nightly_audit_cron: str = "0 2 * * *"  # UTC
     new_data_interval_seconds: int = 60  # how often the sensor looks for new or changed images
 
@@ -85,6 +87,9 @@ class Dataset(BaseModel):
     def training_settings(self) -> TrainingSettings:
         return TrainingSettings(**_with_environment(self.training))
 
+    def training_pod_settings(self) -> TrainingPod | None:
+        return None if self.training_pod is None else TrainingPod(**_with_environment(self.training_pod))
+
 
 def _with_environment(values: dict[str, Any]) -> dict[str, Any]:
     """``{env: NAME}`` -> ``dg.EnvVar(NAME)``; ``{env: NAME, default: v}`` -> the variable's value or ``v``."""
@@ -105,6 +110,7 @@ def load_dataset(path: Path) -> Dataset:
         dataset = Dataset.model_validate(yaml.safe_load(path.read_text()) or {})
         dataset.audit_settings()
         dataset.training_settings()
+        dataset.training_pod_settings()
     except (ValidationError, yaml.YAMLError, TypeError) as error:
         raise DatasetError(f"dataset file {path}: {error}") from error
     return dataset

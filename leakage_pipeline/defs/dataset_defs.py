@@ -10,8 +10,9 @@ from leakage_pipeline.defs.assets import build_audit_assets
 from leakage_pipeline.defs.automation import build_jobs, build_new_data_sensor, build_schedules
 from leakage_pipeline.defs.checks import build_audit_checks
 from leakage_pipeline.defs.dataset import Dataset
-from leakage_pipeline.defs.dataset_step import AUDIT, GCS, PIPES_CLIENT, TRAINING
+from leakage_pipeline.defs.dataset_step import AUDIT, GCS, PIPES_CLIENT, PIPES_K8S_CLIENT, TRAINING, TRAINING_POD
 from leakage_pipeline.defs.settings import AuditSettings, GcsStorage, TrainingSettings
+from leakage_pipeline.defs.training_pod import pipes_k8s_client
 
 PROJECT_VARIABLE = "GOOGLE_CLOUD_PROJECT"
 
@@ -37,11 +38,18 @@ def build_dataset_defs(
 
 
 def dataset_resources(dataset: Dataset, audit: AuditSettings, training: TrainingSettings) -> dict:
-    return {dataset.resource_key(AUDIT): audit, dataset.resource_key(TRAINING): training}
+    resources = {dataset.resource_key(AUDIT): audit, dataset.resource_key(TRAINING): training}
+    if dataset.training_pod is not None:
+        resources[dataset.resource_key(TRAINING_POD)] = dataset.training_pod_settings()
+    return resources
 
 
-def shared_resources() -> dict:
-    """Resources every dataset shares: GCS and Dagster Pipes. The GCS project is the deployment's
+def shared_resources(training_pods: bool = False) -> dict:
+    """Resources every dataset shares: GCS and Dagster Pipes (and, when a dataset trains in
+    Kubernetes pods, dagster-k8s's Pipes client). The GCS project is the deployment's
     ``GOOGLE_CLOUD_PROJECT`` when it sets one (read at run time), else the credentials' own."""
     project = dg.EnvVar(PROJECT_VARIABLE) if os.environ.get(PROJECT_VARIABLE) else None
-    return {GCS: GcsStorage(project=project), PIPES_CLIENT: dg.PipesSubprocessClient()}
+    resources = {GCS: GcsStorage(project=project), PIPES_CLIENT: dg.PipesSubprocessClient()}
+    if training_pods:
+        resources[PIPES_K8S_CLIENT] = pipes_k8s_client()
+    return resources

@@ -23,6 +23,9 @@ AUDIT = "audit"
 TRAINING = "training"
 PIPES_CLIENT = "pipes_subprocess_client"  # one client for every dataset
 GCS = "gcs"  # one GCS connection for every dataset
+TRAINING_POD = "training_pod"  # a dataset's pod for training, when its YAML asks for one
+PIPES_K8S_CLIENT = "pipes_k8s_client"  # one client for every dataset that trains in pods
+SHARED = (PIPES_CLIENT, PIPES_K8S_CLIENT)
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,17 @@ class Step:
     def pipes(self) -> dg.PipesSubprocessClient:
         return getattr(self.context.resources, PIPES_CLIENT)
 
+    @property
+    def training_pod(self):
+        """The dataset's :class:`~leakage_pipeline.defs.training_pod.TrainingPod`, or None."""
+        if self.dataset.training_pod is None:
+            return None
+        return getattr(self.context.resources, self.dataset.resource_key(TRAINING_POD))
+
+    @property
+    def pipes_k8s(self):
+        return getattr(self.context.resources, PIPES_K8S_CLIENT)
+
     @cached_property
     def files(self) -> OutputFiles:
         return OutputFiles(self.audit.output_dir, self.audit.scratch_dir)
@@ -59,7 +73,7 @@ class Step:
 
 def _resource_keys(dataset: Dataset, resources: Sequence[str]) -> set[str]:
     """Every step may read or write gs:// locations, so each needs the GCS resource set up."""
-    return {GCS} | {PIPES_CLIENT if name == PIPES_CLIENT else dataset.resource_key(name) for name in resources}
+    return {GCS} | {name if name in SHARED else dataset.resource_key(name) for name in resources}
 
 
 def asset_key(dataset: Dataset, name: str) -> dg.AssetKey:

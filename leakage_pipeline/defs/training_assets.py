@@ -17,7 +17,15 @@ from leakage_pipeline.audit.splitting import leaky_split, shared_patients
 from leakage_pipeline.defs.assets import rounded
 from leakage_pipeline.defs.checks import leak_free_split_problems
 from leakage_pipeline.defs.dataset import Dataset
-from leakage_pipeline.defs.dataset_step import AUDIT, PIPES_CLIENT, TRAINING, Step, dataset_asset
+from leakage_pipeline.defs.dataset_step import (
+    AUDIT,
+    PIPES_CLIENT,
+    PIPES_K8S_CLIENT,
+    TRAINING,
+    TRAINING_POD,
+    Step,
+    dataset_asset,
+)
 from leakage_pipeline.progress import ProgressReporter
 from leakage_pipeline.storage.files import (
     download_tree,
@@ -27,6 +35,7 @@ from leakage_pipeline.storage.files import (
     write_parquet,
     write_text,
 )
+from leakage_pipeline.storage.locations import is_local
 from leakage_pipeline.training.confusion_image import write_confusion_matrix
 from leakage_pipeline.training.evaluation import EvaluationInputs, evaluate, evaluation_markdown, summary_markdown
 from leakage_pipeline.training.image_store import build_store, open_stores
@@ -37,6 +46,7 @@ GROUP = "training"
 LEAK_FREE = "leak_free"
 LEAKY = "leaky"
 TRAINING_PROCESS = [sys.executable, "-m", "leakage_pipeline.defs.training_process"]
+TRAINING_POD_COMMAND = ["python", "-m", "leakage_pipeline.defs.training_process"]  # the image's Python
 
 
 def _train_val_test(step: Step) -> tuple[str, str, str]:
@@ -100,17 +110,28 @@ def _train_through_pipes(step: Step, name: str, table: pl.DataFrame, metadata: d
     if flagged or spanning:
         raise dg.Failure(f"not training {name}: the leak-free split still leaks ({flagged} flagged image(s), "
                          f"{spanning} patient(s) in more than one split); see its audit, leak_free_audit")
-    model_dir = step.files.local_copy(step.files.model_dir(name))
-    split_table = write_parquet(table, step.files.local_copy(step.files.model_split_table(name)))
-    job = TrainingJob(
-        split_table=str(split_table.path), store_dirs=tuple(map(str, _store_dirs(step))),
-        class_names=tuple(_class_names(table)), image_size=step.training.image_size,
-        channels=step.training.channels, train_split=train, val_split=val, test_split=test,
-        model_dir=str(model_dir), settings=step.training.train_settings(),
-    )
-    result = step.pipes.run(context=step.context, command=TRAINING_PROCESS, extras={"job": job.to_dict()})
+    files, pod = step.files, step.training_pod
+    described = dict(class_names=tuple(_class_names(table)), image_size=step.training.image_size,
+                     channels=step.training.channels, train_split=train, val_split=val, test_split=test,
+                     settings=step.training.train_settings())
+    if pod is None:  # a local process, on the local copies
+        model_dir = files.local_copy(files.model_dir(name))
+        split_table = write_parquet(table, files.local_copy(files.model_split_table(name)))
+        job = TrainingJob(split_table=str(split_table.path), store_dirs=tuple(map(str, _store_dirs(step))),
+                          model_dir=str(model_dir), **described)
+        result = step.pipes.run(context=step.context, command=TRAINING_PROCESS, extras={"job": job.to_dict()})
+        upload_tree(model_dir, files.model_dir(name))
+    else:  # a pod, on the output root itself: it fetches what it reads and puts back its model
+        if is_local(files.root):
+            raise dg.Failure(f"training in a pod reads and writes the output root, so dataset {step.dataset.name} "
+                             f"needs a gs:// output root, not {files.root}")
+        write_parquet(table, files.model_split_table(name))
+        job = TrainingJob(split_table=str(files.model_split_table(name)), model_dir=str(files.model_dir(name)),
+                          store_dirs=tuple(str(_store(step, split)[0]) for split in step.splits), **described)
+        result = step.pipes_k8s.run(context=step.context, image=pod.image, command=TRAINING_POD_COMMAND,
+                                    namespace=pod.namespace, base_pod_spec=pod.pod_spec(),
+                                    extras={"job": job.to_dict()})
     reported = result.get_materialize_result()
-    upload_tree(model_dir, step.files.model_dir(name))
     return dg.MaterializeResult(metadata={**(reported.metadata or {}), **metadata})
 
 
@@ -178,8 +199,12 @@ def model_evaluation(step: Step) -> dg.MaterializeResult:
 
 def build_training_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
     """The dataset's training: image stores (per split partition) -> both models -> their evaluation."""
+    resources = (AUDIT, TRAINING, PIPES_CLIENT)
+    if dataset.training_pod is not None:
+        resources += (TRAINING_POD, PIPES_K8S_CLIENT)
+
     def asset(body, **spec):
-        return dataset_asset(dataset, body, group=GROUP, resources=(AUDIT, TRAINING, PIPES_CLIENT), **spec)
+        return dataset_asset(dataset, body, group=GROUP, resources=resources, **spec)
 
     return [
         asset(training_images, deps=["image_hashes"], kinds={"numpy"}, partitioned_by_split=True),

@@ -6,8 +6,10 @@ subprocess launched through Dagster Pipes, or in a GPU pod.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +17,8 @@ import numpy as np
 import polars as pl
 
 from leakage_pipeline.progress import ProgressReporter
-from leakage_pipeline.storage.files import write_json, write_parquet
+from leakage_pipeline.storage.files import download_tree, read_parquet, upload_tree, write_json, write_parquet
+from leakage_pipeline.storage.locations import is_local, location
 from leakage_pipeline.training.image_store import ImageStore, open_stores
 from leakage_pipeline.training.preprocessing import Preprocessing
 from leakage_pipeline.training.settings import TrainSettings
@@ -47,6 +50,27 @@ class TrainingJob:
     def from_dict(cls, values: dict) -> TrainingJob:
         return cls(**{**values, "store_dirs": tuple(values["store_dirs"]), "class_names": tuple(values["class_names"]),
                       "settings": TrainSettings(**values["settings"])})
+
+
+@contextmanager
+def on_local_disk(job: TrainingJob) -> Iterator[TrainingJob]:
+    """``job`` with its files on local disk: a job whose stores, split table or model folder are on GCS
+    (a training pod's) works on local copies in a temporary folder, and its model folder is put back
+    under ``job.model_dir`` when the block ends without an error. A local job is itself."""
+    if all(is_local(location(path)) for path in (job.split_table, job.model_dir, *job.store_dirs)):
+        yield job
+        return
+    with tempfile.TemporaryDirectory(prefix="leakage-training-") as scratch:
+        local_stores = []
+        for number, store in enumerate(job.store_dirs):
+            local_stores.append(Path(scratch) / "stores" / str(number))
+            download_tree(store, local_stores[-1])
+        split_table = Path(scratch) / "split.parquet"
+        write_parquet(read_parquet(job.split_table), split_table)
+        model_dir = Path(scratch) / "model"
+        yield replace(job, split_table=str(split_table), store_dirs=tuple(map(str, local_stores)),
+                      model_dir=str(model_dir))
+        upload_tree(model_dir, job.model_dir)
 
 
 def _labelled(
