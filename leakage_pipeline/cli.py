@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                                             "default: the manifest's folder")
     audit.add_argument("--out", required=True, help="output directory (also the hash cache)")
     audit.add_argument("--split-policy", choices=SPLIT_POLICIES, default="keep")
-    audit.add_argument("--max-radius", type=int, default=8, help="largest Hamming radius to match (default 8)")
+    audit.add_argument("--max-radius", type=int, default=AUDIT_DEFAULTS["max_radius"],
+                       help=f"largest Hamming radius to match (default {AUDIT_DEFAULTS['max_radius']})")
     audit.add_argument("--columns", default="",
                        help="canonical=manifest column names, e.g. image_uri=path,patient_id=pid,label=dx")
     audit.add_argument("--seed", type=int, default=0, help="seed of the patient-level split assignment")

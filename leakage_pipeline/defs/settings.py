@@ -23,6 +23,7 @@ from leakage_pipeline.storage.locations import check_location, is_gcs, use_gcs_c
 from leakage_pipeline.training.settings import TrainSettings
 
 _TRAIN_DEFAULTS = TrainSettings()
+_REPORT_DEFAULTS = ReportSettings()
 
 
 class AuditSettings(dg.ConfigurableResource):
@@ -44,7 +45,7 @@ class AuditSettings(dg.ConfigurableResource):
     split_fractions: list[float] = [0.7, 0.15, 0.15]
     seed: int = 0
     max_radius: int = 8
-    radii: list[int] = [0, 2, 5, 8]
+    radii: list[int] = list(_REPORT_DEFAULTS.radii)  # the threshold table's radii
     hash_workers: int = 2
     hash_mode: str = HASH_MODE_EXACT  # or "fast": JPEGs decoded at reduced scale, hashes near the exact ones
     montage_per_reason: int = 6  # montage examples of each leak reason
