@@ -84,7 +84,7 @@ def test_the_preflight_retries_an_endpoint_that_comes_up_late(monkeypatch):
     port = _free_port()
     _point_client_at(monkeypatch, port)
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket="scans")
-    late_start = threading.Timer(1.0, server.start)
+    late_start = threading.Timer(0.3, server.start)  # down at the first try, up well within the 5 s budget
     late_start.start()
     try:
         image_source.check_gcs_reachable(["gs://scans/x/0.png", "/local/a.png"])  # a missing object is fine
