@@ -1,5 +1,6 @@
 import io
 import json
+import socket
 import struct
 import zlib
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 
 from leakage_pipeline.demo.synthetic_dataset import DemoSpec, build_demo_dataset
+from leakage_pipeline.storage.locations import gcs_client, use_gcs_client
 
 SMALL_DEMO = DemoSpec(patients=70, images_per_patient=(2, 4), seed=3, scale=0.4)
 
@@ -77,3 +79,27 @@ def images_frame(rows: list[dict]) -> pl.DataFrame:
 def small_demo(tmp_path_factory) -> Path:
     """Manifest path of a small synthetic dataset with every kind of planted leak."""
     return build_demo_dataset(tmp_path_factory.mktemp("small_demo"), SMALL_DEMO)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (yet)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def gcs_emulator(monkeypatch):
+    """gcp-storage-emulator on a free 127.0.0.1 port, with this process's GCS client (and gcsfs) pointed
+    at it; yields a function that creates a bucket there and returns it."""
+    from gcp_storage_emulator.server import create_server
+
+    port = free_port()
+    server = create_server("127.0.0.1", port, in_memory=True)
+    server.start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    use_gcs_client(None)
+    yield lambda name: gcs_client().create_bucket(name)
+    use_gcs_client(None)
+    server.stop()

@@ -1,6 +1,5 @@
 """gs:// image URIs, against the gcp-storage-emulator on 127.0.0.1 with the real client."""
 
-import socket
 import threading
 import time
 
@@ -12,26 +11,13 @@ from leakage_pipeline.audit import image_source
 from leakage_pipeline.audit.image_hashing import STATUS_MISSING, STATUS_OK, hash_images
 from leakage_pipeline.defs.settings import AuditSettings
 from leakage_pipeline.runner import AuditFailed, run_audit
-from leakage_pipeline.storage.locations import gcs_client, use_gcs_client
-from leakage_pipeline_tests.conftest import write_image
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from leakage_pipeline.storage.locations import use_gcs_client
+from leakage_pipeline_tests.conftest import free_port, write_image
 
 
 @pytest.fixture
-def bucket(monkeypatch):
-    port = _free_port()
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="scans")
-    server.start()
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-    use_gcs_client(None)
-    yield gcs_client().bucket("scans")
-    use_gcs_client(None)
-    server.stop()
+def bucket(gcs_emulator):
+    return gcs_emulator("scans")
 
 
 def test_gcs_images_hash_and_cache_by_generation(bucket, tmp_path):
@@ -68,7 +54,7 @@ def _point_client_at(monkeypatch, port: int) -> None:
 
 def test_an_unreachable_endpoint_fails_in_seconds_naming_it(tmp_path, monkeypatch):
     """The hostile pass: an unreachable GCS endpoint took about 2.5 minutes to fail."""
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     _point_client_at(monkeypatch, port)
     (tmp_path / "m.csv").write_text("image_uri,patient_id,label,split\nx/0.png,p0,a,train\n")
     started = time.monotonic()
@@ -81,7 +67,7 @@ def test_an_unreachable_endpoint_fails_in_seconds_naming_it(tmp_path, monkeypatc
 
 
 def test_the_preflight_retries_an_endpoint_that_comes_up_late(monkeypatch):
-    port = _free_port()
+    port = free_port()
     _point_client_at(monkeypatch, port)
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket="scans")
     late_start = threading.Timer(0.3, server.start)  # down at the first try, up well within the 5 s budget

@@ -13,7 +13,6 @@ from http import HTTPStatus
 import dagster as dg
 import polars as pl
 import pytest
-from gcp_storage_emulator.server import create_server
 
 from leakage_pipeline.defs.assets import build_audit_assets
 from leakage_pipeline.defs.dataset import DEFAULT_SPLITS, Dataset
@@ -21,22 +20,13 @@ from leakage_pipeline.defs.dataset_defs import build_dataset_defs, shared_resour
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
 from leakage_pipeline.output_lock import LOCK_FILE, output_lock
 from leakage_pipeline.runner import AuditFailed, run_audit
-from leakage_pipeline.storage.locations import gcs_client, use_gcs_client
-from leakage_pipeline_tests.conftest import write_image
-from leakage_pipeline_tests.test_gcs_images import _free_port
+from leakage_pipeline.storage.locations import use_gcs_client
+from leakage_pipeline_tests.conftest import free_port, write_image
 
 
 @pytest.fixture
-def bucket(monkeypatch):
-    port = _free_port()
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="team")
-    server.start()
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-    use_gcs_client(None)
-    yield gcs_client().bucket("team")
-    use_gcs_client(None)
-    server.stop()
+def bucket(gcs_emulator):
+    return gcs_emulator("team")
 
 
 def _upload_dataset(bucket, scratch, rows: list[dict]) -> None:
@@ -217,7 +207,7 @@ def test_training_on_a_bucket_puts_image_stores_models_and_evaluation_in_it(buck
 
 
 def test_an_unreachable_endpoint_for_the_output_root_fails_in_seconds(tmp_path, monkeypatch):
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
     use_gcs_client(None)
     (tmp_path / "m.csv").write_text("image_uri,patient_id,label,split\na.png,p0,a,train\n")

@@ -10,7 +10,6 @@ Chromium the browser part fails: `apt-get install chromium` (Debian) first.
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import requests
 
 from leakage_pipeline.definitions import defs as load_definitions
 from leakage_pipeline.defs.automation import partition_range_tags
+from leakage_pipeline_tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT_METADATA = """
@@ -35,12 +35,6 @@ query ($key: AssetKeyInput!) {
     } }
   } }
 }"""
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _materializations(url: str, key: list[str]) -> list[dict]:
@@ -67,7 +61,7 @@ def served_demo(small_demo, tmp_path, monkeypatch):
         result = load_definitions().resolve_job_def("demo_audit").execute_in_process(
             instance=instance, tags=partition_range_tags(["train", "val", "test"]))
         assert result.success
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("dagster-webserver")), "-h", "127.0.0.1", "-p", str(port),
          "-w", str(ROOT / "workspace.yaml")],
