@@ -1,16 +1,26 @@
-"""One writer per output directory: an OS file lock held for the whole run.
+"""One writer per output directory: a lock held for the whole run, shared by the run's steps.
 
 Two audits writing one output directory would mix their files (one run's manifest beside the
-other's hashes), so every run takes an exclusive ``flock`` on ``DIR/.leakage-pipeline.lock``
-before it writes and keeps it until it ends. A second run waits up to its ``wait_seconds``, then
-refuses with :class:`OutputLocked`, naming the holder (pid, host, start time, command) that the
-holder wrote into the lock file. The kernel drops the lock when the holder's process ends, even
-on ``kill -9``, so a crash never leaves a stale lock and there is nothing to take over.
+other's hashes), so every run takes the directory's lock before it writes and keeps it until it
+ends. Under Dagster a run's steps run in separate processes or pods, several at once, and each
+takes the lock: holders that pass the same ``run_id`` share it, while any other run (and every
+holder with ``run_id=None``, as the CLI is) waits up to its ``wait_seconds``, then refuses with
+:class:`OutputLocked`, naming a holder (pid, host, start time, run, command).
 
-On GCS (a ``gs://`` output root) the lock is the object ``PREFIX/.leakage-pipeline.lock``, created
-only if absent (generation precondition 0), holding the same holder record and a lease. The holder
-renews the lease every third of :data:`GCS_LEASE_SECONDS`; a lock whose lease has run out belongs
-to a run that died, and the next run deletes it (only at the generation it read) and takes over.
+Locally the lock is a ``flock`` on ``DIR/.leakage-pipeline.lock``. Taking and releasing it happen
+under a short ``flock`` on ``DIR/.leakage-pipeline.lock.guard``, so the record and the holders
+change together: a holder that gets the lock exclusively is the first, writes its record (with its
+run id) and turns its lock into a shared one; a holder of the run the record names joins with a
+shared lock; the last holder to leave empties the record. The kernel drops the locks of a process
+that ends, even on ``kill -9``, so a crash never leaves a stale lock and there is nothing to take
+over.
+
+On GCS (a ``gs://`` output root) the lock is the object ``PREFIX/.leakage-pipeline.lock`` holding
+the run id and a record with a lease per holder, each renewed every third of
+:data:`GCS_LEASE_SECONDS`. Every change is a read-modify-write at the generation read (precondition
+0 creates it), repeated when another holder wrote in between. A holder joins when no lease is live
+or the run id is its own, and the last one to leave deletes the object; a lock whose leases have all
+run out belongs to a run that died, and the next run takes over.
 
 Nested acquisitions in one process (the CLI holds the lock around an in-process Dagster run whose
 resource takes it again) share the first one. An output directory on a network file system
@@ -26,6 +36,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -52,15 +63,9 @@ def _holder_record() -> dict:
 def _describe(holder: dict) -> str:
     if not holder:
         return "a run that has not yet written its name"
-    return (f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}: "
+    run = f", run {holder['run_id']}" if holder.get("run_id") else ""
+    return (f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}{run}: "
             f"{holder.get('command')}")
-
-
-def _holder(path: Path) -> str:
-    try:
-        return _describe(json.loads(path.read_text() or "{}"))
-    except (OSError, ValueError):
-        return _describe({})
 
 
 def _refusal(output_dir: str, holder: str, wait_seconds: float) -> OutputLocked:
@@ -69,8 +74,9 @@ def _refusal(output_dir: str, holder: str, wait_seconds: float) -> OutputLocked:
 
 
 @contextmanager
-def output_lock(output_dir: str | Path, wait_seconds: float = 0.0) -> Iterator[None]:
-    """Hold the exclusive lock of ``output_dir`` (created if needed) for the ``with`` block."""
+def output_lock(output_dir: str | Path, wait_seconds: float = 0.0, run_id: str | None = None) -> Iterator[None]:
+    """Hold the lock of ``output_dir`` (created if needed) for the ``with`` block, shared with the
+    holders of the same ``run_id``; ``None`` shares it with nobody."""
     output_dir = str(output_dir)
     key = output_dir.rstrip("/") if is_gcs(output_dir) else os.path.realpath(Path(output_dir) / LOCK_FILE)
     with _held_guard:
@@ -79,7 +85,7 @@ def output_lock(output_dir: str | Path, wait_seconds: float = 0.0) -> Iterator[N
         yield
         return
     lock = _gcs_lock if is_gcs(output_dir) else _file_lock
-    with lock(output_dir, wait_seconds):
+    with lock(output_dir, wait_seconds, run_id):
         with _held_guard:
             _held.add(key)
         try:
@@ -90,76 +96,135 @@ def output_lock(output_dir: str | Path, wait_seconds: float = 0.0) -> Iterator[N
 
 
 @contextmanager
-def _file_lock(output_dir: str, wait_seconds: float) -> Iterator[None]:
+def _file_lock(output_dir: str, wait_seconds: float, run_id: str | None) -> Iterator[None]:
     path = Path(output_dir) / LOCK_FILE
 
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     deadline = time.monotonic() + wait_seconds
-    while True:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(descriptor)
-                raise _refusal(output_dir, _holder(path), wait_seconds) from None
-            time.sleep(_POLL_SECONDS)
-    os.ftruncate(descriptor, 0)
-    os.pwrite(descriptor, json.dumps(_holder_record()).encode(), 0)
+    while (holder := _try_file_lock(descriptor, path, run_id)) is not None:
+        if time.monotonic() >= deadline:
+            os.close(descriptor)
+            raise _refusal(output_dir, _describe(holder), wait_seconds)
+        time.sleep(_POLL_SECONDS)
     try:
         yield
     finally:
-        os.ftruncate(descriptor, 0)
-        fcntl.flock(descriptor, fcntl.LOCK_UN)
-        os.close(descriptor)
+        with _guard(path):
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+            if _flocked(descriptor, fcntl.LOCK_EX):  # it was the last holder
+                os.ftruncate(descriptor, 0)
+            os.close(descriptor)
+
+
+def _try_file_lock(descriptor: int, path: Path, run_id: str | None) -> dict | None:
+    """One try, under the guard: None once held, else the record of the run holding it."""
+    with _guard(path):
+        if _flocked(descriptor, fcntl.LOCK_EX):  # nobody holds it: the first holder
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, json.dumps({**_holder_record(), "run_id": run_id}).encode(), 0)
+            fcntl.flock(descriptor, fcntl.LOCK_SH)  # converting drops it first: safe, acquirers wait for the guard
+            return None
+        try:
+            holder = json.loads(path.read_text() or "{}")
+        except (OSError, ValueError):
+            holder = {}
+        if run_id is not None and holder.get("run_id") == run_id and _flocked(descriptor, fcntl.LOCK_SH):
+            return None
+        return holder
 
 
 @contextmanager
-def _gcs_lock(output_dir: str, wait_seconds: float) -> Iterator[None]:
+def _guard(path: Path) -> Iterator[None]:
+    """Serialises taking and releasing the lock at ``path``, so its record and holders change together."""
+    descriptor = os.open(f"{path}.guard", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def _flocked(descriptor: int, operation: int) -> bool:
+    try:
+        fcntl.flock(descriptor, operation | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+@contextmanager
+def _gcs_lock(output_dir: str, wait_seconds: float, run_id: str | None) -> Iterator[None]:
     from google.api_core.exceptions import NotFound, PreconditionFailed
 
     bucket_name, _, prefix = output_dir[len("gs://"):].partition("/")
     bucket = gcs_client().bucket(bucket_name)
     name = f"{prefix.rstrip('/')}/{LOCK_FILE}".lstrip("/")
-    record = _holder_record()
+    member, record = uuid.uuid4().hex, _holder_record()  # this holder's key in the lock, and its record
 
-    def write(if_generation_match: int) -> int:
-        blob = bucket.blob(name)
-        blob.upload_from_string(json.dumps({**record, "lease_until": time.time() + GCS_LEASE_SECONDS}),
-                                if_generation_match=if_generation_match)
-        return blob.generation
+    def read() -> tuple[dict, int]:
+        """The lock and the generation it was read at (0: there is no lock object)."""
+        while True:
+            blob = bucket.get_blob(name)
+            if blob is None:
+                return {}, 0
+            generation = blob.generation  # before the download, which resets it where a response omits it
+            try:
+                return json.loads(blob.download_as_text() or "{}"), generation
+            except NotFound:
+                continue  # replaced or deleted between the two requests
+            except ValueError:
+                return {}, generation  # unreadable: nobody live holds it
+
+    def live(lock: dict) -> dict:
+        now = time.time()
+        return {key: holder for key, holder in lock.get("holders", {}).items() if holder.get("lease_until", 0) >= now}
+
+    def write(lock: dict, generation: int) -> None:
+        bucket.blob(name).upload_from_string(json.dumps(lock), if_generation_match=generation)
+
+    def leased() -> dict:
+        return {**record, "lease_until": time.time() + GCS_LEASE_SECONDS}
 
     deadline = time.monotonic() + wait_seconds
     while True:
-        try:
-            generation = write(if_generation_match=0)
-            break
-        except PreconditionFailed:
-            current = bucket.get_blob(name)
-            if current is None:
-                continue  # released between our write and our read
+        lock, generation = read()
+        holders = live(lock)
+        if not holders or (run_id is not None and lock.get("run_id") == run_id):
+            try:  # dead holders are dropped
+                write({"run_id": run_id, "holders": {**holders, member: leased()}}, generation)
+                break
+            except PreconditionFailed:
+                continue  # another holder wrote since our read
+        if time.monotonic() >= deadline:
+            holder = next(iter(holders.values()))
+            raise _refusal(output_dir, _describe({**holder, "run_id": lock.get("run_id")}), wait_seconds)
+        time.sleep(_POLL_SECONDS)
+
+    def update(renew: bool) -> None:
+        """Renew or drop this holder's lease, read again whenever another holder wrote since the read."""
+        while True:
+            lock, generation = read()
+            if member not in lock.get("holders", {}):
+                return  # its lease ran out and another run took over
+            others = {key: holder for key, holder in live(lock).items() if key != member}
             try:
-                holder = json.loads(current.download_as_text() or "{}")
-            except (NotFound, ValueError):
-                holder = {}
-            if holder.get("lease_until", 0) < time.time():  # its holder stopped renewing: it died
-                try:
-                    current.delete(if_generation_match=current.generation)
-                except (NotFound, PreconditionFailed):
-                    pass  # another run took over first
+                if renew:
+                    write({**lock, "holders": {**others, member: leased()}}, generation)
+                elif others:
+                    write({**lock, "holders": others}, generation)
+                else:
+                    bucket.blob(name).delete(if_generation_match=generation)
+                return
+            except (NotFound, PreconditionFailed):
                 continue
-            if time.monotonic() >= deadline:
-                raise _refusal(output_dir, _describe(holder), wait_seconds) from None
-            time.sleep(_POLL_SECONDS)
 
     stop = threading.Event()
 
     def renew() -> None:
-        nonlocal generation
         while not stop.wait(GCS_LEASE_SECONDS / 3):
             try:
-                generation = write(if_generation_match=generation)
+                update(renew=True)
             except Exception:  # a missed renewal is retried; the lease outlasts two of them
                 continue
 
@@ -170,7 +235,4 @@ def _gcs_lock(output_dir: str, wait_seconds: float) -> Iterator[None]:
     finally:
         stop.set()
         renewer.join()
-        try:
-            bucket.blob(name).delete(if_generation_match=generation)
-        except (NotFound, PreconditionFailed):
-            pass
+        update(renew=False)

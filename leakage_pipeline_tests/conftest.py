@@ -12,6 +12,7 @@ from PIL import Image
 
 from leakage_pipeline.demo.synthetic_dataset import DemoSpec, build_demo_dataset
 from leakage_pipeline.storage.locations import gcs_client, use_gcs_client
+from leakage_pipeline_tests.gcs_emulator import generation_preconditions_enforced
 
 SMALL_DEMO = DemoSpec(patients=70, images_per_patient=(2, 4), seed=3, scale=0.4)
 
@@ -90,8 +91,9 @@ def free_port() -> int:
 
 @pytest.fixture
 def gcs_emulator(monkeypatch):
-    """gcp-storage-emulator on a free 127.0.0.1 port, with this process's GCS client (and gcsfs) pointed
-    at it; yields a function that creates a bucket there and returns it."""
+    """gcp-storage-emulator on a free 127.0.0.1 port, enforcing generation preconditions as GCS does, with
+    this process's GCS client (and gcsfs) pointed at it; yields a function that creates a bucket there
+    and returns it."""
     from gcp_storage_emulator.server import create_server
 
     port = free_port()
@@ -100,6 +102,7 @@ def gcs_emulator(monkeypatch):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     use_gcs_client(None)
-    yield lambda name: gcs_client().create_bucket(name)
+    with generation_preconditions_enforced():
+        yield lambda name: gcs_client().create_bucket(name)
     use_gcs_client(None)
     server.stop()

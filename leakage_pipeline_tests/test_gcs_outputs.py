@@ -7,8 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
-from http import HTTPStatus
 
 import dagster as dg
 import polars as pl
@@ -22,6 +20,7 @@ from leakage_pipeline.output_lock import LOCK_FILE, output_lock
 from leakage_pipeline.runner import AuditFailed, run_audit
 from leakage_pipeline.storage.locations import use_gcs_client
 from leakage_pipeline_tests.conftest import free_port, write_image
+from leakage_pipeline_tests.gcs_emulator import generation_preconditions_enforced
 
 
 @pytest.fixture
@@ -129,64 +128,43 @@ def test_a_missing_image_object_is_a_recorded_status(bucket, tmp_path):
     assert os.environ["STORAGE_EMULATOR_HOST"].startswith("http://127.0.0.1:")
 
 
-@contextmanager
-def _generation_preconditions_honoured():
-    """gcp-storage-emulator ignores ``ifGenerationMatch``, which real GCS enforces (HTTP 412) and the
-    output lock relies on; for this test its object insert and delete handlers enforce it as GCS does."""
-    from gcp_storage_emulator import server as emulator
-    from gcp_storage_emulator.exceptions import NotFound
-    from gcp_storage_emulator.handlers import objects
+def test_one_writer_per_gcs_output_root_shared_by_the_steps_of_a_run_and_a_dead_run_is_taken_over(bucket):
+    from google.api_core.exceptions import PreconditionFailed
 
-    def enforcing(handler, object_name):
-        def checked(request, response, storage, *args, **kwargs):
-            wanted = request.query.get("ifGenerationMatch")
-            if wanted:
-                try:
-                    current = str(storage.get_file_obj(request.params["bucket_name"], object_name(request))["generation"])
-                except NotFound:
-                    current = "0"
-                if current != wanted[0]:
-                    response.status = HTTPStatus.PRECONDITION_FAILED
-                    response.json({"error": {"code": 412, "message": "conditionNotMet"}})
-                    return None
-            return handler(request, response, storage, *args, **kwargs)
-        return checked
+    root, name = "gs://team/audits/ward", f"audits/ward/{LOCK_FILE}"
 
-    def inserted_name(request):
-        return request.query["name"][0] if "name" in request.query else request.data["meta"]["name"]
+    def holders() -> list[int]:
+        return sorted(holder["pid"] for holder in json.loads(bucket.blob(name).download_as_text())["holders"].values())
 
-    replaced = []
-    for _, methods in emulator.HANDLERS:
-        for method, handler, name in ((emulator.POST, objects.insert, inserted_name),
-                                      (emulator.DELETE, objects.delete, lambda r: r.params["object_id"])):
-            if methods.get(method) is handler:
-                methods[method] = enforcing(handler, name)
-                replaced.append((methods, method, handler))
-    try:
-        yield
-    finally:
-        for methods, method, handler in replaced:
-            methods[method] = handler
+    with generation_preconditions_enforced(required=True):
+        with output_lock(root, run_id="run-a"):
+            stale = bucket.get_blob(name).generation
+            step = _lock_from_another_process(root, run_id="run-a", while_held=f"print(read({name!r}))")
+            assert step.returncode == 0, step.stderr  # another step of the run joined it
+            assert len(json.loads(step.stdout)["holders"]) == 2
+            assert holders() == [os.getpid()]  # that step left; this one still holds it
+            with pytest.raises(PreconditionFailed):  # a rewrite at a generation since replaced is refused
+                bucket.blob(name).upload_from_string("{}", if_generation_match=stale)
+            for other_run in ("run-b", None):
+                refused = _lock_from_another_process(root, run_id=other_run)
+                assert refused.returncode != 0
+                assert (f"OutputLocked: output directory {root} is in use by another run (pid {os.getpid()} on "
+                        in refused.stderr and ", run run-a: " in refused.stderr)
+        assert bucket.get_blob(name) is None  # the last holder deleted it
+        # A run whose holders all died without releasing: their leases ran out, so the next run takes over.
+        bucket.blob(name).upload_from_string(
+            json.dumps({"run_id": "run-a", "holders": {"dead": {"pid": 1, "lease_until": 0}}}), if_generation_match=0)
+        with output_lock(root, wait_seconds=0):  # a run without a run id (the CLI's) shares it with nobody
+            assert holders() == [os.getpid()]
+            assert f"OutputLocked: output directory {root} is in use" in _lock_from_another_process(root).stderr
 
 
-def test_one_writer_per_gcs_output_root_and_a_dead_holder_is_taken_over(bucket):
-    root = "gs://team/audits/ward"
-    with _generation_preconditions_honoured(), output_lock(root):
-        holder = json.loads(bucket.blob(f"audits/ward/{LOCK_FILE}").download_as_text())
-        assert holder["pid"] == os.getpid()
-        second = _lock_from_another_process(root)
-        assert second.returncode != 0
-        assert f"OutputLocked: output directory {root} is in use by another run (pid {os.getpid()}" in second.stderr
-    assert bucket.get_blob(f"audits/ward/{LOCK_FILE}") is None  # released
-    # A holder that died without releasing: its lease has run out, so the next run takes over.
-    bucket.blob(f"audits/ward/{LOCK_FILE}").upload_from_string(json.dumps({"pid": 1, "lease_until": 0}))
-    with _generation_preconditions_honoured(), output_lock(root, wait_seconds=0):
-        assert json.loads(bucket.blob(f"audits/ward/{LOCK_FILE}").download_as_text())["pid"] == os.getpid()
-
-
-def _lock_from_another_process(root: str) -> subprocess.CompletedProcess:
-    """The lock as a second run takes it: another process (one process's own nested holds are shared)."""
-    code = f"from leakage_pipeline.output_lock import output_lock\nwith output_lock({root!r}, wait_seconds=0.5):\n    pass"
+def _lock_from_another_process(root: str, run_id: str | None = None, while_held: str = "pass") -> subprocess.CompletedProcess:
+    """The lock as another step or run takes it: another process (one process's own nested holds are shared)."""
+    code = ("from leakage_pipeline.output_lock import output_lock\n"
+            "from leakage_pipeline.storage.locations import gcs_client\n"
+            "read = lambda name: gcs_client().bucket('team').blob(name).download_as_text()\n"
+            f"with output_lock({root!r}, wait_seconds=0.5, run_id={run_id!r}):\n    {while_held}")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
 

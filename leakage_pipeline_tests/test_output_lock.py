@@ -1,5 +1,6 @@
 """Finding 3: one writer per output directory, checked with real processes."""
 
+import json
 import os
 import signal
 import socket
@@ -9,19 +10,20 @@ import time
 
 import pytest
 
-from leakage_pipeline.output_lock import OutputLocked, output_lock
+from leakage_pipeline.output_lock import LOCK_FILE, OutputLocked, output_lock
 
 HOLD = """
 import sys, time
 from leakage_pipeline.output_lock import output_lock
-with output_lock(sys.argv[1]):
+with output_lock(sys.argv[1], run_id=sys.argv[3] or None):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))
 """
 
 
-def _holder(out, seconds: float) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-c", HOLD, str(out), str(seconds)], stdout=subprocess.PIPE, text=True)
+def _holder(out, seconds: float, run_id: str | None = None) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-c", HOLD, str(out), str(seconds), run_id or ""],
+                               stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "held"
     return process
 
@@ -54,6 +56,30 @@ def test_the_lock_is_shared_by_nested_holders_in_one_process(tmp_path):
         pass
     with output_lock(tmp_path):
         pass
+
+
+def test_the_steps_of_one_run_share_the_lock_and_other_runs_are_refused(tmp_path):
+    killed = _holder(tmp_path, 60, run_id="run-a")
+    assert _holder(tmp_path, 0, run_id="run-a").wait(30) == 0  # a second step held it beside the first, and left
+    finishing = _holder(tmp_path, 5, run_id="run-a")  # and a third joins
+    try:
+        for other_run in ("run-b", None):
+            with pytest.raises(OutputLocked, match=rf"another run \(pid {killed.pid} on .*, run run-a: "):
+                with output_lock(tmp_path, wait_seconds=0.2, run_id=other_run):
+                    pass
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        with pytest.raises(OutputLocked):  # the surviving step still holds it for its run
+            with output_lock(tmp_path, run_id="run-b"):
+                pass
+        with output_lock(tmp_path, wait_seconds=30, run_id="run-b"):  # once the survivor has finished
+            assert finishing.wait(5) == 0
+            assert json.loads((tmp_path / LOCK_FILE).read_text())["run_id"] == "run-b"
+    finally:
+        for process in (killed, finishing):
+            process.kill()
+            process.wait()
+    assert (tmp_path / LOCK_FILE).read_text() == ""
 
 
 def test_two_cli_audits_on_one_output_directory_never_mix(small_demo, tmp_path):

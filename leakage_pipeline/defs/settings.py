@@ -29,12 +29,12 @@ _REPORT_DEFAULTS = ReportSettings()
 class AuditSettings(dg.ConfigurableResource):
     """Inputs and knobs of one leakage audit.
 
-    Every run that uses these settings holds the output directory's lock (see
-    :mod:`leakage_pipeline.output_lock`) from the moment Dagster initialises the resource until the
-    run's steps are done, so each writing step, the training assets included, writes under it. The
-    definitions use the in-process executor, so that is one lock for the whole run; under a
-    multi-process executor each step process would take it in turn, waiting up to
-    ``lock_wait_seconds`` for the step before it. Sensors and schedules read only and take no lock.
+    Every step that uses these settings holds the output directory's lock (see
+    :mod:`leakage_pipeline.output_lock`) from the moment Dagster initialises the resource for it until
+    it is done, so each writing step, the training assets included, writes under it. The lock is
+    taken with the run's id, so the steps of one run share it even when each runs in its own process
+    or pod, while another run waits up to ``lock_wait_seconds`` and is then refused. Sensors and
+    schedules read only and take no lock.
     """
 
     manifest_path: str
@@ -64,7 +64,7 @@ class AuditSettings(dg.ConfigurableResource):
             yield self
             return
         self.check_storage()
-        with output_lock(self.output_dir, self.lock_wait_seconds):
+        with output_lock(self.output_dir, self.lock_wait_seconds, run_id=context.run.run_id):
             yield self
 
     def check_storage(self) -> None:

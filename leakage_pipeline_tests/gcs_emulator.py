@@ -1,0 +1,80 @@
+"""gcp-storage-emulator as the tests use it: enforcing ``ifGenerationMatch`` as real GCS does.
+
+The emulator ignores generation preconditions, which real GCS enforces (HTTP 412) and the output
+lock relies on: with the emulator as it ships, two steps creating the lock at once would both
+succeed. :func:`generation_preconditions_enforced` makes its object insert (creations and rewrites
+alike) and delete handlers enforce them; ``python -m leakage_pipeline_tests.gcs_emulator`` serves
+such an emulator as a process of its own (``make test-deploy``'s stack).
+"""
+
+import argparse
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http import HTTPStatus
+
+
+@contextmanager
+def generation_preconditions_enforced(required: bool = False) -> Iterator[None]:
+    """While inside, this process's emulator servers refuse a write whose ``ifGenerationMatch`` is not
+    the object's generation (0: absent). With ``required``, stricter than GCS, they also refuse a write
+    without one (HTTP 400): for code that must never write unconditionally, so that a write which lost
+    its precondition fails every time instead of racing unseen."""
+    from gcp_storage_emulator import server as emulator
+    from gcp_storage_emulator.exceptions import NotFound
+    from gcp_storage_emulator.handlers import objects
+
+    def refuse(response, status: HTTPStatus, message: str) -> None:
+        response.status = status
+        response.json({"error": {"code": status.value, "message": message}})
+
+    def enforcing(handler, object_name):
+        def checked(request, response, storage, *args, **kwargs):
+            wanted = request.query.get("ifGenerationMatch")
+            if not wanted:
+                if required:
+                    return refuse(response, HTTPStatus.BAD_REQUEST, "a write without ifGenerationMatch")
+                return handler(request, response, storage, *args, **kwargs)
+            try:
+                current = str(storage.get_file_obj(request.params["bucket_name"], object_name(request))["generation"])
+            except NotFound:
+                current = "0"
+            if current != wanted[0]:
+                return refuse(response, HTTPStatus.PRECONDITION_FAILED, "conditionNotMet")
+            return handler(request, response, storage, *args, **kwargs)
+        checked.__wrapped__ = handler
+        return checked
+
+    def inserted_name(request):
+        return request.query["name"][0] if "name" in request.query else request.data["meta"]["name"]
+
+    replaced = []  # (route, method, what it served before): an enclosing enforcement is restored after
+    for _, methods in emulator.HANDLERS:
+        for method, handler, name in ((emulator.POST, objects.insert, inserted_name),
+                                      (emulator.DELETE, objects.delete, lambda r: r.params["object_id"])):
+            current = methods.get(method)
+            if getattr(current, "__wrapped__", current) is handler:
+                methods[method] = enforcing(handler, name)
+                replaced.append((methods, method, current))
+    try:
+        yield
+    finally:
+        for methods, method, previous in replaced:
+            methods[method] = previous
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="gcp-storage-emulator in memory on 127.0.0.1, enforcing "
+                                                 "generation preconditions")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--default-bucket", help="a bucket to create")
+    args = parser.parse_args()
+    from gcp_storage_emulator.server import create_server
+
+    with generation_preconditions_enforced():
+        create_server("127.0.0.1", args.port, in_memory=True, default_bucket=args.default_bucket).start()
+        threading.Event().wait()  # until the test stops this process
+
+
+if __name__ == "__main__":
+    main()
