@@ -8,6 +8,7 @@ import dagster as dg
 
 from leakage_pipeline.defs.dataset import load_datasets
 from leakage_pipeline.defs.dataset_defs import build_dataset_defs, shared_resources
+from leakage_pipeline.defs.step_executor import step_executor
 
 
 @dg.definitions
@@ -18,7 +19,6 @@ def defs() -> dg.Definitions:
         *(build_dataset_defs(dataset) for dataset in datasets),
         dg.Definitions(
             resources=shared_resources(training_pods=any(d.training_pod is not None for d in datasets)),
-            # One process per run holds the output root's lock for the whole run (see AuditSettings).
-            executor=dg.in_process_executor,
+            executor=step_executor(),
         ),
     )

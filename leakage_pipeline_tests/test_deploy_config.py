@@ -14,11 +14,12 @@ from dagster._core.instance.config import dagster_instance_config
 from dagster._core.workspace.config_schema import ensure_workspace_config
 from dagster._serdes.config_class import ConfigurableClassData
 from dagster_gcp.gcs.compute_log_manager import GCSComputeLogManager
-from dagster_k8s import K8sRunLauncher
+from dagster_k8s import K8sRunLauncher, k8s_job_executor
 
 from leakage_pipeline.definitions import defs
 from leakage_pipeline.defs.automation import GPU_RUN_TAG
 from leakage_pipeline.defs.dataset import Dataset
+from leakage_pipeline.defs.step_executor import STEP_EXECUTOR_ENV
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 INSTANCE_ENV = {
@@ -151,3 +152,17 @@ def test_docker_compose_config_is_valid():
     result = subprocess.run(["docker", "compose", "-f", str(DEPLOY / "docker-compose.yml"), "config", "--quiet"],
                             capture_output=True, text=True, env={"DAGSTER_POSTGRES_PASSWORD": "x", "PATH": "/usr/bin"})
     assert result.returncode == 0, result.stderr
+
+
+def test_under_the_helm_values_each_step_is_a_kubernetes_job(monkeypatch):
+    """The chart's code server sets LEAKAGE_STEP_EXECUTOR=k8s: every job then runs a Kubernetes Job per step,
+    and the executor's schema accepts the run config deploy/README.md documents for sizing step pods."""
+    (deployment,) = helm_values()["dagster-user-deployments"]["deployments"]
+    monkeypatch.setenv(STEP_EXECUTOR_ENV, {e["name"]: e["value"] for e in deployment["env"]}[STEP_EXECUTOR_ENV])
+    definitions = defs()
+    for job in ("demo_audit", "demo_training"):
+        assert definitions.resolve_job_def(job).executor_def is k8s_job_executor
+    documented = yaml.safe_load(re.search(r"```yaml\n(execution:.*?)```", (DEPLOY / "README.md").read_text(),
+                                          re.S).group(1))
+    result = process_config(k8s_job_executor.config_schema.config_type, documented["execution"]["config"])
+    assert result.success, result.errors

@@ -16,7 +16,7 @@ import polars as pl
 from PIL import Image
 from upath import UPath
 
-from leakage_pipeline.audit.image_hashing import STATUSES, hash_images
+from leakage_pipeline.audit.image_hashing import STALE_SCHEMA, STATUSES, hash_images
 from leakage_pipeline.audit.image_source import check_gcs_reachable
 from leakage_pipeline.audit.integrity import check_split_integrity
 from leakage_pipeline.audit.leak_free_split import leak_free_split as leak_free_split_of
@@ -27,7 +27,7 @@ from leakage_pipeline.audit.report import AuditReport, ReportSettings, build_rep
 from leakage_pipeline.audit.report_markdown import report_markdown, threshold_markdown
 from leakage_pipeline.audit.splitting import MOVED_WITH_IDENTITY, POLICY_ASSIGN, POLICY_KEEP, assign_splits, keep_splits
 from leakage_pipeline.defs.dataset import Dataset
-from leakage_pipeline.defs.dataset_step import Step, dataset_asset
+from leakage_pipeline.defs.dataset_step import Step, dataset_asset, dataset_asset_per_split
 from leakage_pipeline.defs.output_files import OutputFiles
 from leakage_pipeline.markdown_tables import frame_markdown
 from leakage_pipeline.progress import ProgressReporter
@@ -119,53 +119,56 @@ def _chunk_writer(folder: UPath, run_token: str) -> Callable[[pl.DataFrame], Non
     return checkpoint
 
 
-def image_hashes(step: Step) -> dg.MaterializeResult:
+def _verifies_cache(step: Step) -> bool:
+    return step.audit.verify_cache or step.context.run.tags.get(VERIFY_CACHE_TAG) == "true"
+
+
+def hash_split(step: Step, split: str) -> dict:
+    """sha256, pHash and dHash of every image of one split; unchanged images are reused from the last run."""
+    files = step.files
+    locations = read_parquet(files.split_assignments).filter(pl.col("split") == split)["location"].to_list()
+    in_progress = files.hash_progress(split)
+    in_progress.mkdir(parents=True, exist_ok=True)
+    run_token = secrets.token_hex(4)  # this run's checkpoint names never collide with another's
+    run = hash_images(locations, _previous_hashes(files, split), workers=step.audit.hash_workers,
+                      checkpoint=_chunk_writer(in_progress, run_token), mode=step.audit.hash_mode,
+                      verify=_verifies_cache(step), progress=ProgressReporter(step.log.info, f"hashing {split}"))
+    write_parquet(run.hashes, files.image_hashes(split))
+    remove_tree(in_progress)
+    step.log.info(f"split {split}: {len(locations)} images, hashed {run.hashed}, reused {run.reused}")
+    return {"rows": run.hashes.height, "hashed": run.hashed, "reused": run.reused,
+            "status_counts": dict.fromkeys(STATUSES, 0) | dict(run.hashes.group_by("status").len().iter_rows()),
+            "stale": run.stale.with_columns(split=pl.lit(split)).to_dicts()}
+
+
+def image_hashes(step: Step, summaries: dict[str, dict]) -> dg.MaterializeResult:
     """sha256, pHash and dHash of every image in the split; unchanged images are reused from the last run.
 
     With ``verify_cache`` (or the run tag ``leakage/verify_cache=true``) every image is hashed again and each cached hash that was stale is
     reported (metadata and ``image_hashes/stale_cached_hashes.json``).
     """
     files = step.files
-    verify = step.audit.verify_cache or step.context.run.tags.get(VERIFY_CACHE_TAG) == "true"
-    assignments = read_parquet(files.split_assignments)
-    totals = {"hashed": 0, "reused": 0}
-    status_counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
-    stale_parts = []
-    run_token = secrets.token_hex(4)  # this run's checkpoint names never collide with another's
-    for split in step.context.partition_keys:
-        locations = assignments.filter(pl.col("split") == split)["location"].to_list()
-        in_progress = files.hash_progress(split)
-        in_progress.mkdir(parents=True, exist_ok=True)
-        run = hash_images(locations, _previous_hashes(files, split), workers=step.audit.hash_workers,
-                          checkpoint=_chunk_writer(in_progress, run_token), mode=step.audit.hash_mode, verify=verify,
-                          progress=ProgressReporter(step.log.info, f"hashing {split}"))
-        write_parquet(run.hashes, files.image_hashes(split))
-        remove_tree(in_progress)
-        totals["hashed"] += run.hashed
-        totals["reused"] += run.reused
-        stale_parts.append(run.stale.with_columns(split=pl.lit(split)))
-        split_counts = dict.fromkeys(STATUSES, 0) | dict(run.hashes.group_by("status").len().iter_rows())
-        for status, count in split_counts.items():
-            status_counts[status] += count
-        # Each split partition shows its own counts in the UI; the run's totals are logged.
+    for split, summary in summaries.items():  # each split partition shows its own counts in the UI
         step.context.add_asset_metadata({
-            "dagster/row_count": run.hashes.height, "hashed": run.hashed, "reused": run.reused,
-            "status_counts": dg.MetadataValue.json(split_counts),
+            "dagster/row_count": summary["rows"], "hashed": summary["hashed"], "reused": summary["reused"],
+            "status_counts": dg.MetadataValue.json(summary["status_counts"]),
             "path": dg.MetadataValue.path(str(files.image_hashes(split))),
         }, partition_key=split)
-        step.log.info(f"split {split}: {len(locations)} images, hashed {run.hashed}, reused {run.reused}")
     verification = {}
-    if verify:
-        stale = pl.concat(stale_parts)
-        write_json({"verified_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "splits": step.context.partition_keys, "stale_count": stale.height, "stale": stale.to_dicts()},
-                   files.stale_cached_hashes)
-        if stale.height:
-            step.log.warning(f"{stale.height} cached hash(es) were stale; they are replaced now")
-        verification = {"stale_cached_hashes": stale.height, "stale_examples": markdown_metadata(stale, 10),
+    if _verifies_cache(step):
+        stale = [entry for summary in summaries.values() for entry in summary["stale"]]
+        write_json({"verified_at": datetime.now(UTC).isoformat(timespec="seconds"), "splits": list(summaries),
+                    "stale_count": len(stale), "stale": stale}, files.stale_cached_hashes)
+        if stale:
+            step.log.warning(f"{len(stale)} cached hash(es) were stale; they are replaced now")
+        stale_frame = pl.DataFrame(stale, schema={**STALE_SCHEMA, "split": pl.String})
+        verification = {"stale_cached_hashes": len(stale), "stale_examples": markdown_metadata(stale_frame, 10),
                         "verification": dg.MetadataValue.path(str(files.stale_cached_hashes))}
-    step.log.info(f"hashed {totals['hashed']}, reused {totals['reused']} in split(s) "
-                  f"{', '.join(step.context.partition_keys)}: {status_counts}")
+    status_counts = {status: sum(summary["status_counts"][status] for summary in summaries.values())
+                     for status in STATUSES}
+    step.log.info(f"hashed {sum(s['hashed'] for s in summaries.values())}, "
+                  f"reused {sum(s['reused'] for s in summaries.values())} in split(s) {', '.join(summaries)}: "
+                  f"{status_counts}")
     return dg.MaterializeResult(metadata={**verification, "hash_mode": step.audit.hash_mode})
 
 
@@ -325,7 +328,8 @@ def build_audit_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         asset(manifest, kinds={"polars", "parquet"}),
         asset(split_assignments, deps=["manifest"], kinds={"polars", "parquet"}),
         asset(split_integrity, deps=["split_assignments"], kinds={"polars", "json"}),
-        asset(image_hashes, deps=["split_assignments"], kinds={"pillow", "parquet"}, partitioned_by_split=True),
+        dataset_asset_per_split(dataset, hash_split, image_hashes, group=GROUP, after="split_assignments",
+                                kinds={"pillow", "parquet"}),
         asset(near_duplicate_pairs, deps=["image_hashes", "split_assignments"], kinds={"numba", "parquet"}),
         asset(same_subject_pairs, deps=["image_hashes", "split_assignments"],
               kinds={"torch", "faiss", "opencv", "parquet"}),

@@ -18,6 +18,7 @@ import dagster as dg
 from leakage_pipeline.defs.dataset import Dataset
 from leakage_pipeline.defs.output_files import OutputFiles
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
+from leakage_pipeline.storage.files import read_json, write_json
 
 AUDIT = "audit"
 TRAINING = "training"
@@ -32,7 +33,7 @@ SHARED = (PIPES_CLIENT, PIPES_K8S_CLIENT)
 class Step:
     """What one step of one dataset's run works with."""
 
-    context: "dg.AssetExecutionContext | dg.AssetCheckExecutionContext"
+    context: "dg.AssetExecutionContext | dg.AssetCheckExecutionContext | dg.OpExecutionContext"
     dataset: Dataset
 
     @property
@@ -82,27 +83,67 @@ def asset_key(dataset: Dataset, name: str) -> dg.AssetKey:
 
 def dataset_asset(
     dataset: Dataset, body: Callable[[Step], dg.MaterializeResult], *, group: str, deps: Sequence[str] = (),
-    kinds: set[str], resources: Sequence[str] = (AUDIT,), partitioned_by_split: bool = False,
+    kinds: set[str], resources: Sequence[str] = (AUDIT,),
 ) -> dg.AssetsDefinition:
-    """``body`` as the dataset's asset ``[dataset.name, body.__name__]``.
+    """``body`` as the dataset's asset ``[dataset.name, body.__name__]``."""
 
-    Partitioned by split, every selected split runs in one step (a single-run backfill: a beta
-    Dagster feature this pipeline relies on knowingly, so its notice is silenced here).
+    @dg.asset(
+        name=body.__name__, key_prefix=[dataset.name], group_name=f"{dataset.name}_{group}",
+        deps=[asset_key(dataset, name) for name in deps], kinds=kinds, description=inspect.getdoc(body),
+        required_resource_keys=_resource_keys(dataset, resources),
+    )
+    def _asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        return body(Step(context, dataset))
+
+    return _asset
+
+
+def dataset_asset_per_split(
+    dataset: Dataset, per_split: Callable[[Step, str], dict], finish: Callable[[Step, dict[str, dict]], dg.MaterializeResult],
+    *, group: str, after: str, kinds: set[str], resources: Sequence[str] = (AUDIT,),
+) -> dg.AssetsDefinition:
+    """The dataset's asset ``[dataset.name, finish.__name__]``, partitioned by split, downstream of
+    ``after``: one step per split partition runs ``per_split(step, split)``, then a last step runs
+    ``finish(step, summaries)`` with each split's returned summary and materializes the partitions.
+
+    A run covers a range of split partitions (a single-run backfill: a beta Dagster feature this
+    pipeline relies on knowingly, so its notice is silenced here), and the split steps of one run are
+    independent: an executor with a process or a pod per step (multiprocess, ``k8s_job_executor``)
+    runs them at once. A split step outside the run's range does nothing. Summaries travel as JSON
+    files under the output root, which every step's process or pod reaches, so no IO manager is needed.
     """
-    partitioning = {}
-    if partitioned_by_split:
-        partitioning = {"partitions_def": dg.StaticPartitionsDefinition(list(dataset.splits)),
-                        "backfill_policy": dg.BackfillPolicy.single_run()}
+    required = _resource_keys(dataset, resources)
+    # Op names are global to a code location, so each carries the dataset's name.
+
+    def split_step(split: str) -> dg.OpDefinition:
+        @dg.op(name=f"{dataset.name}_{per_split.__name__}_{split}", ins={"after": dg.In(dg.Nothing)}, out=dg.Out(dg.Nothing),
+               required_resource_keys=required, description=f"{inspect.getdoc(per_split)} (split {split})")
+        def _split_step(context: dg.OpExecutionContext) -> None:
+            if split not in context.partition_keys:
+                context.log.info(f"split {split} is not in this run")
+                return
+            step = Step(context, dataset)
+            write_json(per_split(step, split), step.files.split_step_summary(finish.__name__, split))
+        return _split_step
+
+    @dg.op(name=f"{dataset.name}_{finish.__name__}", ins={split: dg.In(dg.Nothing) for split in dataset.splits},
+           required_resource_keys=required)
+    def finish_step(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        step = Step(context, dataset)
+        return finish(step, {split: read_json(step.files.split_step_summary(finish.__name__, split))
+                             for split in context.partition_keys})
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.BetaWarning)
 
-        @dg.asset(
-            name=body.__name__, key_prefix=[dataset.name], group_name=f"{dataset.name}_{group}",
-            deps=[asset_key(dataset, name) for name in deps], kinds=kinds, description=inspect.getdoc(body),
-            required_resource_keys=_resource_keys(dataset, resources), **partitioning,
+        @dg.graph_asset(
+            name=finish.__name__, key_prefix=[dataset.name], group_name=f"{dataset.name}_{group}", kinds=kinds,
+            description=inspect.getdoc(finish), ins={"after": dg.AssetIn(asset_key(dataset, after), dagster_type=dg.Nothing)},
+            partitions_def=dg.StaticPartitionsDefinition(list(dataset.splits)),
+            backfill_policy=dg.BackfillPolicy.single_run(),
         )
-        def _asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-            return body(Step(context, dataset))
+        def _asset(after):
+            return finish_step(**{split: split_step(split)(after) for split in dataset.splits})
 
     return _asset
 

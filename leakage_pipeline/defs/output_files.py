@@ -57,6 +57,10 @@ class OutputFiles:
         """Chunks of a hashing run still in progress; a resumed run reuses them."""
         return self.root / "image_hashes" / f"_in_progress_split={split}"
 
+    def split_step_summary(self, asset: str, split: str) -> UPath:
+        """What the last run's step of ``asset`` for ``split`` did, for the step that finishes the asset."""
+        return self.root / "_split_steps" / asset / f"split={split}.json"
+
     @property
     def stale_cached_hashes(self) -> UPath:
         """What the last verifying run (``verify_cache``) found: cached hashes that were stale."""

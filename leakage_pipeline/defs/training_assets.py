@@ -25,6 +25,7 @@ from leakage_pipeline.defs.dataset_step import (
     TRAINING_POD,
     Step,
     dataset_asset,
+    dataset_asset_per_split,
 )
 from leakage_pipeline.progress import ProgressReporter
 from leakage_pipeline.storage.files import (
@@ -72,22 +73,24 @@ def _store_dirs(step: Step) -> list[Path]:
     return local_dirs
 
 
-def training_images(step: Step) -> dg.MaterializeResult:
-    """Every readable image of the split, decoded and resized once into a uint8 array store."""
+def store_split(step: Step, split: str) -> dict:
+    """Every readable image of one split, decoded and resized once into a uint8 array store."""
     files, training = step.files, step.training
-    shape = Preprocessing.for_shape(training.image_size, training.channels)
-    per_split = {}
-    for split in step.context.partition_keys:
-        hashes = read_parquet(files.image_hashes(split), columns=["location", "sha256", "status"])
-        stored, local = _store(step, split)
-        download_tree(stored, local)  # a fresh machine reuses what an earlier run decoded
-        built = build_store(hashes, local, shape, workers=training.decode_workers,
-                            progress=ProgressReporter(step.log.info, f"decoding {split} for training"))
-        upload_tree(local, stored)
-        per_split[split] = {"images": built.images, "decoded": built.decoded, "reused": built.reused,
-                            "excluded": built.excluded}
-        step.log.info(f"split {split}: {built.images} images stored ({built.decoded} decoded, "
-                         f"{built.reused} reused), excluded {built.excluded or 'none'}")
+    hashes = read_parquet(files.image_hashes(split), columns=["location", "sha256", "status"])
+    stored, local = _store(step, split)
+    download_tree(stored, local)  # a fresh machine reuses what an earlier run decoded
+    built = build_store(hashes, local, Preprocessing.for_shape(training.image_size, training.channels),
+                        workers=training.decode_workers,
+                        progress=ProgressReporter(step.log.info, f"decoding {split} for training"))
+    upload_tree(local, stored)
+    step.log.info(f"split {split}: {built.images} images stored ({built.decoded} decoded, "
+                  f"{built.reused} reused), excluded {built.excluded or 'none'}")
+    return {"images": built.images, "decoded": built.decoded, "reused": built.reused, "excluded": built.excluded}
+
+
+def training_images(step: Step, per_split: dict[str, dict]) -> dg.MaterializeResult:
+    """Every readable image of the split, decoded and resized once into a uint8 array store."""
+    training = step.training
     return dg.MaterializeResult(metadata={
         "dagster/row_count": sum(s["images"] for s in per_split.values()),
         "decoded": sum(s["decoded"] for s in per_split.values()),
@@ -207,7 +210,8 @@ def build_training_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         return dataset_asset(dataset, body, group=GROUP, resources=resources, **spec)
 
     return [
-        asset(training_images, deps=["image_hashes"], kinds={"numpy"}, partitioned_by_split=True),
+        dataset_asset_per_split(dataset, store_split, training_images, group=GROUP, after="image_hashes",
+                                kinds={"numpy"}, resources=resources),
         asset(leak_free_model, deps=["training_images", "leak_free_audit"], kinds={"pytorch"}),
         # Downstream of the leak-free audit too: the contrast is only trained beside a leak-free model to compare with.
         asset(leaky_model, deps=["training_images", "leak_free_audit"], kinds={"pytorch"}),
