@@ -2,9 +2,10 @@
 
 Three kinds of image, as in real clinical collections: smooth skin-like photographs with a
 lesion, chest X-ray-like radiographs, and solid-colour frames (blank captures). Each patient
-has their own appearance (tone, texture, lighting, anatomy), so memorising a patient helps a
-model; the label changes the lesion or the lung opacity only subtly, so a model that has seen
-the patient in training scores visibly higher than one that must generalise.
+is imaged 3 to 8 times and has their own appearance (tone, texture, lighting, anatomy) and their
+own lesion or infiltrate, which changes only a little from one shot to the next, so memorising a
+patient helps a model; the label changes the lesion or the lung opacity only subtly, so a model
+that has seen the patient in training scores visibly higher than one that must generalise.
 
 Planted, and listed in ``planted.json`` so tests can check the audit finds each one:
 exact byte copies across splits, re-encoded and resized copies, one patient re-enrolled
@@ -37,12 +38,16 @@ from leakage_pipeline.progress import ProgressReporter, start_progress
 SKIN_LABELS = {"nevus": 0.6, "melanoma": 0.25, "keratosis": 0.15}
 XRAY_LABELS = {"normal": 0.65, "pneumonia": 0.35}
 VENDORS = ("vendor-a", "vendor-b", "vendor-c")
+# How much of a patient's lesion (or infiltrate) changes between two of their shots, as a share of
+# how much it differs between patients: a patient's images resemble each other, so a model that has
+# seen the patient can recognise them.
+SHOT_VARIATION = 0.25
 
 
 @dataclass(frozen=True)
 class DemoSpec:
     patients: int = 600
-    images_per_patient: tuple[int, int] = (2, 7)
+    images_per_patient: tuple[int, int] = (3, 8)
     seed: int = 7
     # Scale factor on image sides; small values make a fast dataset for tests.
     scale: float = 1.0
@@ -76,17 +81,27 @@ class Patient:
     vendor: str
 
 
+def _persistent(per_patient, per_shot):
+    """A quantity that is mostly the patient's own (their lesion's size, their infiltrate) and varies a
+    little from one shot to the next: ``per_shot`` is this shot's draw from the same distribution."""
+    return per_patient + SHOT_VARIATION * (per_shot - per_patient)
+
+
 def _skin(patient: Patient, rng: np.random.Generator) -> Image.Image:
     h, w = patient.size
     base = _smooth_field(np.random.default_rng(patient.texture_seed), (h, w), 6)
+    lesion_rng = np.random.default_rng([patient.texture_seed, 1])  # the patient's own lesion
     light = np.linspace(-1, 1, w)[None, :] * patient.gradient
     shade = 0.6 + 0.15 * base + light + rng.normal(0, 0.01)
-    cy, cx = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w
+    cy = _persistent(lesion_rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7)) * h
+    cx = _persistent(lesion_rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7)) * w
     size = {"nevus": 0.10, "melanoma": 0.125, "keratosis": 0.11}[patient.label] * min(h, w)
-    lesion = _ellipse(h, w, cy, cx, size * rng.uniform(0.8, 1.2), size * rng.uniform(0.8, 1.3))
+    lesion = _ellipse(h, w, cy, cx, size * _persistent(lesion_rng.uniform(0.8, 1.2), rng.uniform(0.8, 1.2)),
+                      size * _persistent(lesion_rng.uniform(0.8, 1.3), rng.uniform(0.8, 1.3)))
     if patient.label == "melanoma":
-        lesion *= 0.6 + 0.4 * _smooth_field(rng, (h, w), 12)
-    darkness = {"nevus": 0.4, "melanoma": 0.48, "keratosis": 0.34}[patient.label] + rng.normal(0, 0.04)
+        lesion *= 0.6 + 0.4 * _persistent(_smooth_field(lesion_rng, (h, w), 12), _smooth_field(rng, (h, w), 12))
+    darkness = {"nevus": 0.4, "melanoma": 0.48, "keratosis": 0.34}[patient.label] + _persistent(
+        lesion_rng.normal(0, 0.04), rng.normal(0, 0.04))
     value = shade * (1 - darkness * np.clip(lesion * 3, 0, 1))
     rgb = np.stack([value * t for t in patient.tone], axis=-1) + rng.normal(0, 0.01, (h, w, 3))
     return Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8), mode="RGB")
@@ -108,8 +123,10 @@ def _xray(patient: Patient, rng: np.random.Generator) -> Image.Image:
     value = 0.15 + 0.6 * np.clip(body * 2, 0, 1) - 0.45 * np.clip(lungs * 2, 0, 1)
     value += 0.12 * (_smooth_field(anatomy, (h, w), 9) - 0.5)
     value += np.linspace(0.1, -0.1, h)[:, None] * patient.gradient * 4
-    if patient.label == "pneumonia":
-        value += 0.1 * np.clip(lungs * 2, 0, 1) * _smooth_field(rng, (h, w), 5) ** 2
+    if patient.label == "pneumonia":  # the patient's own infiltrate, a little different on each film
+        infiltrate = _persistent(_smooth_field(np.random.default_rng([patient.texture_seed, 1]), (h, w), 5),
+                                 _smooth_field(rng, (h, w), 5))
+        value += 0.1 * np.clip(lungs * 2, 0, 1) * infiltrate ** 2
     value = np.clip(value + rng.normal(0, 0.015, (h, w)) + rng.normal(0, 0.02), 0, 1) ** anatomy.uniform(0.7, 1.4)
     if anatomy.random() < 0.5:  # collimator edges
         margin = int(w * anatomy.uniform(0.03, 0.1))
