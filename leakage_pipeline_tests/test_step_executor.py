@@ -51,7 +51,7 @@ def test_the_steps_of_a_run_run_in_their_own_processes_at_once(small_demo, tmp_p
         assert result.success
         windows = _lock_windows(instance, result.run_id)
 
-    assert len([key for key in windows if ".hash_split_" in key]) == len(DEFAULT_SPLITS)  # a step per split
+    assert len([key for key in windows if "hash_split_" in key]) == len(DEFAULT_SPLITS)  # a step per split
     assert len({pid for *_, pid in windows.values()}) == len(windows)  # each in a process of its own
     overlapping = [(a, b) for a in windows for b in windows
                    if a < b and max(windows[a][0], windows[b][0]) < min(windows[a][1], windows[b][1])]

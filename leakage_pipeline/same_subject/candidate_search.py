@@ -15,7 +15,10 @@ import numpy as np
 
 @dataclass(frozen=True)
 class SearchSettings:
-    top_k: int = 20
+    # The embedding only proposes; verification decides. On the demo's 2,500 training images the
+    # source of a re-shot is among the 20 nearest for 77% of re-shots and among the 30 nearest for
+    # 90%, for half as many verifications again.
+    top_k: int = 30
     exact_limit: int = 200_000
     hnsw_neighbours: int = 32
     hnsw_search_depth: int = 128
