@@ -122,7 +122,7 @@ def test_a_few_unread_test_images_are_named_beside_a_verdict_on_the_rest():
     rows += [{"patient_id": "bad", "split": "test", "status": "unreadable", "sha256": None}]
     verdict = audit(images_frame(rows)).report["verdict"]
     assert verdict["status"] == VERDICT_CLEAN
-    assert "1 of 20 test images could not be read and are not audited" in verdict["text"]
+    assert "1 of 20 test images could not be read; it is not audited." in verdict["text"]
 
 
 def test_no_test_images_means_nothing_to_audit_against():

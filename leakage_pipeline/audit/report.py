@@ -278,7 +278,9 @@ def verdict(
             sentences.append(f"None of the {read} {test_split} images read shows a patient or image that is also "
                              f"in {earlier}: no leakage into the {test_split} split was found.")
         if status != VERDICT_CANNOT_VOUCH and read < listed:
-            sentences.append(f"{listed - read} of {listed} {test_split} images could not be read and are not audited.")
+            unread = listed - read
+            sentences.append(f"{unread} of {listed} {test_split} images could not be read; "
+                             f"{'it is' if unread == 1 else 'they are'} not audited.")
     if spanning:
         sentences.append(f"{spanning} patient(s) have images in more than one split.")
     can_move = None if status in (VERDICT_NOTHING_TO_AUDIT, VERDICT_CANNOT_VOUCH) else bool(share > noise)
