@@ -27,6 +27,7 @@ import pytest
 import requests
 from google.cloud import storage
 
+from leakage_pipeline.defs.step_executor import STEP_EXECUTOR_ENV
 from leakage_pipeline.demo.synthetic_dataset import DemoSpec, build_demo_dataset
 from leakage_pipeline_tests.conftest import write_image
 
@@ -370,8 +371,9 @@ def _start_stack(processes: Processes, work: Path) -> Stack:
     postgres = dict(item.split("=", 1) for item in dsn.split())
 
     gcs_port = free_port()
-    processes.start("gcs-emulator", [str(BIN / "gcp-storage-emulator"), "start", "--host", "127.0.0.1", "--port",
-                                     str(gcs_port), "--in-memory", "--default-bucket", BUCKET], dict(os.environ))
+    # Enforcing generation preconditions as GCS does: the steps of a run share the output lock through them.
+    processes.start("gcs-emulator", [sys.executable, "-m", "leakage_pipeline_tests.gcs_emulator", "--port",
+                                     str(gcs_port), "--default-bucket", BUCKET], dict(os.environ))
     emulator = f"http://127.0.0.1:{gcs_port}"
     wait_for("the GCS emulator", lambda: requests.get(emulator, timeout=2), 30)
     os.environ["STORAGE_EMULATOR_HOST"] = emulator  # this process's own client, for uploads and checks
@@ -395,6 +397,8 @@ def _start_stack(processes: Processes, work: Path) -> Stack:
         "DAGSTER_COMPUTE_LOGS_BUCKET": LOGS_BUCKET,
         "DAGSTER_CODE_SERVER_HOST": "127.0.0.1", "DAGSTER_CODE_SERVER_PORT": str(code_server_port),
         "STORAGE_EMULATOR_HOST": emulator,
+        # A process per step, as the Helm values' k8s_job_executor runs a pod per step.
+        STEP_EXECUTOR_ENV: "multiprocess",
         **write_dataset_yaml(work / "datasets"),
     }
     workspace = str(DEPLOY / "workspace.yaml")
@@ -496,8 +500,12 @@ def test_the_deployed_stack(stack: Stack):
     wait_for("the run worker to die", lambda: not is_running(worker_pid), 10, interval=0.1)
     stack.start_code_server()
     assert wait_for_run(stack, doomed, 120) == "FAILURE"
-    retries = wait_for("the automatic retry", lambda: stack.gql(
-        RUNS_TAGGED, key="dagster/parent_run_id", value=doomed)["runsOrError"]["results"], 60)
+    try:
+        retries = wait_for("the automatic retry", lambda: stack.gql(
+            RUNS_TAGGED, key="dagster/parent_run_id", value=doomed)["runsOrError"]["results"], 120)
+    except AssertionError as error:  # say how the run ended: the daemon retries only some failures
+        events = [f"{e['__typename']}: {e.get('message') or ''}" for e in run_events(stack, doomed)]
+        raise AssertionError(f"{error}; the failed run's last events: {events[-4:]}") from None
     assert_succeeded(stack, retries[0]["runId"])
     assert all(hashed == 0 for hashed, _ in hashed_and_reused(stack, retries[0]["runId"]).values())
     assert json.loads(report(stack))["verdict"] == json.loads(report_before)["verdict"]  # nothing lost

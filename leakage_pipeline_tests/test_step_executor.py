@@ -40,7 +40,7 @@ def _lock_windows(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[
 def test_the_steps_of_a_run_run_in_their_own_processes_at_once(small_demo, tmp_path, monkeypatch):
     out = tmp_path / "out"
     monkeypatch.setenv(STEP_EXECUTOR_ENV, "multiprocess")
-    assert step_executor() is dg.multiprocess_executor
+    assert step_executor().name == "multiprocess"
     # No waiting for the lock: a step that found another step of its run holding it would fail at once.
     run_config = {"execution": {"config": {"max_concurrent": 4}},
                   "resources": {"demo_audit": {"config": {"manifest_path": str(small_demo), "output_dir": str(out),
