@@ -97,8 +97,10 @@ def test_the_report_page_shows_the_verdict_the_montage_and_per_partition_counts(
     assert chromium, "the browser check needs Debian's chromium (apt-get install chromium)"
     shots = Path(os.environ.get("LEAKAGE_UI_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
-    shot = shots / "leakage_report_asset.png"
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    "--window-size=1400,2600", "--virtual-time-budget=20000", f"--screenshot={shot}",
-                    f"{served_demo}/assets/demo/leakage_report"], check=True, timeout=180, capture_output=True)
-    assert shot.stat().st_size > 30_000  # a rendered page, not a blank one
+    # The report, and the hashing asset: a step per split partition, shown as one asset.
+    for asset in ("leakage_report", "image_hashes"):
+        shot = shots / f"{asset}_asset.png"
+        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        "--window-size=1400,2600", "--virtual-time-budget=20000", f"--screenshot={shot}",
+                        f"{served_demo}/assets/demo/{asset}"], check=True, timeout=180, capture_output=True)
+        assert shot.stat().st_size > 30_000  # a rendered page, not a blank one
