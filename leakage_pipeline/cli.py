@@ -85,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="most epochs; early stopping on val may end sooner")
     audit.add_argument("--device", default=TRAINING_DEFAULTS.device, help="auto (CUDA when present), cpu, cuda or cuda:N")
     audit.add_argument("--initial-weights", help="a state dict file to start training from")
+    audit.add_argument("--label-issues", action="store_true",
+                       help="with --train: out-of-fold predictions, likely wrong labels (cleanlab) and a taxonomy review")
 
     demo = commands.add_parser("demo", help="build the synthetic demo dataset, audit it, train and evaluate")
     demo.add_argument("--dir", type=Path, default=DEFAULT_DEMO_DIR, help="where the demo data and report go")
@@ -125,6 +127,9 @@ def _summary(outcome: AuditOutcome, trained: bool) -> str:
         lines += ["", summary_markdown(summary), "", summary["verdict"],
                   f"Evaluation: {files.evaluation_markdown}",
                   f"Models: {files.training_dir}/{{leak_free,leaky}}"]
+        for materialization in outcome.materializations("label_issues"):  # only with --label-issues
+            lines += ["", materialization.metadata["verdict"].value,
+                      f"Label issues: {files.label_issues_dir / 'label_issues.md'}"]
     return "\n".join(lines)
 
 
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "audit":
         training = TrainingSettings(
             image_size=args.image_size, channels=args.channels, architecture=args.architecture, epochs=args.epochs,
-            device=args.device, initial_weights=args.initial_weights, seed=args.seed,
+            device=args.device, initial_weights=args.initial_weights, seed=args.seed, label_issues=args.label_issues,
         ) if args.train else None
         return _audit(AuditSettings(
             manifest_path=args.manifest, output_dir=args.out, image_root=args.image_root,

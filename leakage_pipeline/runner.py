@@ -115,6 +115,7 @@ def run_audit(
     report and in failed ERROR checks. Holds the output root's lock throughout, or raises
     ``OutputLocked`` naming its holder. ``progress`` receives each progress line of the run log.
     """
+    from leakage_pipeline.defs.label_issue_assets import build_label_issue_assets
     from leakage_pipeline.defs.training_assets import build_training_assets
 
     dataset = Dataset(name=SCRIPT_DATASET, splits=splits)
@@ -130,7 +131,8 @@ def run_audit(
         blocked = any(not evaluation.passed for evaluation in results[0].get_asset_check_evaluations()
                       if evaluation.check_name == leak_free_split_is_clean.__name__)
         if training is not None and not blocked:
-            results.append(_run_in_process(build_training_assets(dataset), [], resources, dataset, instance,
-                                           log_level, progress))
+            label_assets = build_label_issue_assets(dataset) if training.label_issues else []
+            results.append(_run_in_process(build_training_assets(dataset) + label_assets, [], resources, dataset,
+                                           instance, log_level, progress))
     return AuditOutcome(dataset=dataset, files=OutputFiles(settings.output_dir), training_blocked=blocked,
                         results=tuple(results))

@@ -17,7 +17,7 @@ _CAPTION = 46
 _PAD = 8
 
 
-def _thumbnail(location: str) -> Image.Image:
+def thumbnail(location: str) -> Image.Image:
     try:
         with open_image(image_source.read_bytes(location)) as image:
             image = image.convert("RGB")
@@ -72,7 +72,7 @@ def write_montage(examples: pl.DataFrame, path: Path, columns: int = 2) -> int:
     for index, example in enumerate(examples.iter_rows(named=True)):
         x0, y0 = (index % columns) * cell_w, (index // columns) * cell_h
         for prefix, offset in (("", _PAD), ("partner_", 2 * _PAD + _THUMB)):
-            sheet.paste(_thumbnail(example[f"{prefix}location"]), (x0 + offset, y0 + _PAD))
+            sheet.paste(thumbnail(example[f"{prefix}location"]), (x0 + offset, y0 + _PAD))
             draw.text(
                 (x0 + offset, y0 + _PAD + _THUMB + 2),
                 f"{example[f'{prefix}split']} | {example[f'{prefix}label']}\n{example[f'{prefix}patient_id']}"[:60],

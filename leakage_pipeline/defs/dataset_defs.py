@@ -21,10 +21,13 @@ def build_dataset_defs(
     dataset: Dataset, audit: AuditSettings | None = None, training: TrainingSettings | None = None,
 ) -> dg.Definitions:
     """The dataset's definitions, with its resources from its YAML unless ``audit`` / ``training`` are given."""
+    from leakage_pipeline.defs.label_issue_assets import build_label_issue_assets
     from leakage_pipeline.defs.training_assets import build_training_assets
 
     audit_assets = build_audit_assets(dataset)
     training_assets = build_training_assets(dataset)
+    if dataset.training_settings().label_issues:
+        training_assets += build_label_issue_assets(dataset)
     audit_job, training_job = build_jobs(dataset, audit_assets, training_assets)
     return dg.Definitions(
         assets=[*audit_assets, *training_assets],

@@ -145,3 +145,21 @@ class OutputFiles:
 
     def confusion_image(self, row: str) -> UPath:
         return self.evaluation_dir / f"confusion_{row}.png"
+
+    @property
+    def out_of_fold_dir(self) -> UPath:
+        """The out-of-fold models (``fold=K/``) and ``predictions.parquet``."""
+        return self.training_dir / "out_of_fold"
+
+    @property
+    def out_of_fold_predictions(self) -> UPath:
+        return self.out_of_fold_dir / "predictions.parquet"
+
+    @property
+    def label_issues_dir(self) -> UPath:
+        """label_issues.parquet, summary.json, report.md, the montage, the taxonomy review and its confusion picture."""
+        return self.root / "label_issues"
+
+    @property
+    def label_issues(self) -> UPath:
+        return self.label_issues_dir / "label_issues.parquet"

@@ -20,7 +20,7 @@ from leakage_pipeline.audit.report import ReportSettings
 from leakage_pipeline.audit.splitting import POLICY_KEEP, SplitPlan
 from leakage_pipeline.output_lock import output_lock
 from leakage_pipeline.storage.locations import check_location, is_gcs, use_gcs_client
-from leakage_pipeline.training.settings import TrainSettings
+from leakage_pipeline.training.settings import DEFAULT_FOLDS, TrainSettings
 
 _TRAIN_DEFAULTS = TrainSettings()
 _REPORT_DEFAULTS = ReportSettings()
@@ -112,6 +112,9 @@ class TrainingSettings(dg.ConfigurableResource):
     seed: int = _TRAIN_DEFAULTS.seed
     device: str = _TRAIN_DEFAULTS.device  # auto: CUDA when present
     initial_weights: str | None = _TRAIN_DEFAULTS.initial_weights  # a state dict file; nothing is downloaded
+    # Out-of-fold predictions, label issues and taxonomy review after training (defs/label_issue_assets.py)
+    label_issues: bool = False
+    label_issue_folds: int = DEFAULT_FOLDS
 
     def train_settings(self) -> TrainSettings:
         return TrainSettings(**{field.name: getattr(self, field.name) for field in fields(TrainSettings)})

@@ -14,7 +14,9 @@ unreadable file. Added after those (their own random stream, so the cases above 
 a few skin patients whose lesion carries persistent fine texture, photographed several times in
 training, and re-shots of their lesion (new crop, zoom, rotation, mirror, lighting) planted in
 val and test under the same id or under a new one; ``planted.json`` lists each re-shot with its
-source patient (the same-subject stage's ground truth). The other demo images have no detail that
+source patient (the same-subject stage's ground truth). Last, from a stream of their own, a few % of
+each split's ordinary images get a wrong label (``label_flips``), for the label-issue stage to find.
+The other demo images have no detail that
 persists from one shot to the next (a smooth field plus fresh noise per shot), so no keypoint
 method could tell two of their shots apart from two patients; a re-photographed lesion does.
 Smooth images with a strong lighting gradient make dHash collide across labels by coincidence,
@@ -55,6 +57,8 @@ class DemoSpec:
     # of them re-shot into val or test (a third of the re-shots under the same patient id).
     reshot_subjects_per_patient: float = 1 / 15
     reshot_share: float = 0.75
+    # Share of the ordinary patients' images (each split) filed under a class of the other modality.
+    label_flip_share: float = 0.03
 
 
 def _smooth_field(rng: np.random.Generator, size: tuple[int, int], cells: int) -> np.ndarray:
@@ -182,11 +186,12 @@ def build_demo_dataset(root: Path, spec: DemoSpec = DemoSpec(), progress: Progre
     patients = [_make_patient(i, rng, spec.scale) for i in range(spec.patients)]
     renderers = {"skin": _skin, "xray": _xray}
     writing = start_progress(progress, len(patients), "patients")
+    frames: set[str] = set()  # blank captures: no label can be read from them, so none is flipped
     for patient in patients:
         for shot in range(int(rng.integers(*spec.images_per_patient, endpoint=True))):
             case = f"{patient.patient_id}-V{shot // 3}"
             if rng.random() < 0.04:
-                write(f"{patient.patient_id}_{shot}.png", _encode(_frame(patient, rng), "PNG"), patient, case)
+                frames.add(write(f"{patient.patient_id}_{shot}.png", _encode(_frame(patient, rng), "PNG"), patient, case))
             else:
                 fmt = "PNG" if rng.random() < 0.1 else "JPEG"
                 image = renderers[patient.kind](patient, rng)
@@ -202,6 +207,8 @@ def build_demo_dataset(root: Path, spec: DemoSpec = DemoSpec(), progress: Progre
     split_of = dict(split.iter_rows())
     planted = _plant_leaks(rng, rows, split_of, patients, images_dir)
     planted["reshots"] = _plant_reshots(np.random.default_rng([spec.seed, 14]), spec, rows, split_of, images_dir)
+    planted["label_flips"] = _plant_label_flips(np.random.default_rng([spec.seed, 24]), spec, rows, split_of,
+                                                planted, frames)
     manifest = pl.DataFrame(rows).with_columns(
         split=pl.col("image_uri").replace_strict(split_of, default=None)
     )
@@ -362,3 +369,30 @@ def _plant_reshots(rng: np.random.Generator, spec: DemoSpec, rows: list[dict], s
             reshots.append({"image_uri": uri, "split": split, "patient_id": filed_as, "source_patient_id": patient_id,
                             "same_id": same_id})
     return reshots
+
+
+def _plant_label_flips(rng: np.random.Generator, spec: DemoSpec, rows: list[dict], split_of: dict, planted: dict,
+                       frames: set[str]) -> list[dict]:
+    """File ``label_flip_share`` of each split's ordinary images under a class of the other modality (a skin
+    photograph filed as pneumonia: a label taken from the wrong source); return each flip.
+
+    The demo's classes within a modality differ only subtly on purpose (the leak effect needs it), so a flip
+    within one would be invisible to any model; one across modalities is what a model can be asked to find.
+    Planted copies and their sources, the re-enrolled and the spanning patient, re-shots, blank frames and
+    the unreadable file keep their labels, so the other planted cases and the hashes' label agreement stand.
+    """
+    untouched = set(frames) | {planted["unreadable"]}
+    for copy in planted["exact_copies"] + planted["reencoded_copies"]:
+        untouched |= {copy["image_uri"], copy["source"]}
+    special = {planted["reenrolled_patient"]["original"], planted["patient_spanning_splits"]["patient_id"]}
+    other_classes = {"skin": list(XRAY_LABELS), "xray": list(SKIN_LABELS)}
+    flips = []
+    for split in ("train", "val", "test"):
+        eligible = [row for row in rows if split_of[row["image_uri"]] == split and row["patient_id"].startswith("P")
+                    and row["patient_id"] not in special and row["image_uri"] not in untouched]
+        for index in sorted(rng.choice(len(eligible), round(spec.label_flip_share * len(eligible)), replace=False)):
+            row = eligible[index]
+            flipped = str(rng.choice(other_classes[row["modality"]]))
+            flips.append({"image_uri": row["image_uri"], "split": split, "true_label": row["label"], "given_label": flipped})
+            row["label"] = flipped
+    return flips

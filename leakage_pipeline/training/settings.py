@@ -11,6 +11,7 @@ from dataclasses import dataclass
 SMALL_CNN = "small_cnn"
 RESNET18 = "resnet18"
 ARCHITECTURES = (SMALL_CNN, RESNET18)
+DEFAULT_FOLDS = 5  # out-of-fold predictions for label issues: K models, each without one fold
 
 
 @dataclass(frozen=True)
