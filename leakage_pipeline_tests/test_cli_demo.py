@@ -1,7 +1,9 @@
 """The command line, and the full demo exactly as `make demo` runs it."""
 
 import json
+import os
 
+import polars as pl
 import pytest
 
 from leakage_pipeline.cli import EXIT_COULD_NOT_RUN, EXIT_RAN, main
@@ -50,8 +52,20 @@ def test_demo_finds_every_planted_case_then_measures_the_leak_on_the_same_images
     assert evaluation["shared_test_images"] > 150
     assert "| leaky (test patients' images in train) |" in printed and evaluation["verdict"] in printed
 
-    # The same seed on the same machine: the same numbers (the dataset is built only the first time).
+    # Label flips planted in every split: most are flagged as likely label issues, and most flags are plants.
+    issues = pl.read_parquet(out / "label_issues" / "label_issues.parquet")
+    flagged_labels = set(issues.filter("is_label_issue")["location"])
+    flips = {os.path.abspath(tmp_path / "data" / flip["image_uri"]) for flip in planted["label_flips"]}
+    assert {flip["split"] for flip in planted["label_flips"]} == {"train", "val", "test"}
+    assert len(flips & flagged_labels) >= 0.7 * len(flips) and len(flips & flagged_labels) >= 0.7 * len(flagged_labels)
+    assert "likely carry a wrong label" in printed and (out / "label_issues" / "taxonomy_review.md").exists()
+
+    # The same seed on the same machine: the same numbers (the dataset is built only the first time), and
+    # the out-of-fold models, whose inputs did not change, are not retrained.
+    fold_models = {path: path.stat().st_mtime_ns for path in (out / "training" / "out_of_fold").glob("fold=*/model.pt")}
+    assert len(fold_models) == 5
     assert main(["demo", "--dir", str(tmp_path)]) == EXIT_RAN
+    assert {path: path.stat().st_mtime_ns for path in fold_models} == fold_models
     assert printed.startswith("building the demo dataset")
     assert capsys.readouterr().out == printed.split("\n", 1)[1]
 

@@ -65,9 +65,9 @@ class FoldInputs:
 
 
 def _fingerprint(inputs: FoldInputs, store: ImageStore, fold: int, assigned: pl.DataFrame) -> str:
-    """Everything fold ``fold``'s model depends on: settings, shape, classes, and each image's content,
-    label and role."""
-    rows = assigned.join(store.index.select("location", "sha256"), on="location", how="left").select(
+    """Everything fold ``fold``'s model depends on: settings, shape, classes, and the content, label and fold
+    of each image it trains or selects on (not those it holds out: their labels do not change it)."""
+    rows = assigned.filter(pl.col("fold") != fold).join(store.index.select("location", "sha256"), on="location", how="left").select(
         "sha256", "label", "fold").sort("sha256", "label", "fold")
     digest = hashlib.sha256(json.dumps({
         "settings": asdict(inputs.settings), "size": inputs.image_size, "channels": inputs.channels,

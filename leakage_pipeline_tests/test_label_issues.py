@@ -1,0 +1,167 @@
+"""Label issues: identity-grouped folds, the fold-model cache, cleanlab's flags, the taxonomy review and the
+report section, and the assets' place in a dataset's definitions."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from leakage_pipeline.defs.dataset import Dataset
+from leakage_pipeline.defs.dataset_defs import build_dataset_defs
+from leakage_pipeline.defs.settings import AuditSettings
+from leakage_pipeline.training.image_store import ImageStore
+from leakage_pipeline.training.label_issues import (
+    find_label_issues,
+    label_effect_on_test,
+    label_issues_markdown,
+    verdict_line,
+)
+from leakage_pipeline.training.out_of_fold import FoldInputs, grouped_folds, out_of_fold_probabilities
+from leakage_pipeline.training.settings import TrainSettings
+from leakage_pipeline.training.taxonomy import review_taxonomy, taxonomy_markdown
+
+
+def test_folds_keep_each_identity_whole_and_balance_labels():
+    rng = np.random.default_rng(1)
+    groups, labels = [], []
+    for group in range(120):
+        label = str(rng.choice(["a", "b", "c"], p=[0.6, 0.3, 0.1]))
+        for _ in range(int(rng.integers(1, 9))):
+            groups.append(f"id{group}")
+            labels.append(label)
+    folds = grouped_folds(groups, labels, 5, seed=0)
+    table = pl.DataFrame({"group": groups, "label": labels, "fold": folds})
+    assert table.group_by("group").agg(pl.col("fold").n_unique())["fold"].max() == 1  # no identity in two folds
+    sizes = table.group_by("fold").len()["len"]
+    assert sizes.len() == 5 and sizes.max() - sizes.min() <= 8  # at most one identity's worth apart
+    per_label = table.group_by("label", "fold").len().group_by("label").agg(spread=pl.col("len").max() - pl.col("len").min())
+    assert per_label["spread"].max() <= 8
+    assert (grouped_folds(groups, labels, 5, seed=0) == folds).all()
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        grouped_folds(groups, labels, 1, seed=0)
+    with pytest.raises(ValueError, match="need at least 5 identities; found 3"):
+        grouped_folds(["x", "y", "z"], ["a", "a", "b"], 5, seed=0)
+
+
+def _bright_and_dark(patients: int = 30, per_patient: int = 3, size: int = 16) -> tuple[pl.DataFrame, ImageStore]:
+    """Two classes a small CNN separates in a few epochs: bright images ("a") and dark ones ("b")."""
+    rng = np.random.default_rng(0)
+    rows, images = [], []
+    for patient in range(patients):
+        label = "ab"[patient % 2]
+        for shot in range(per_patient):
+            level = 190 if label == "a" else 60
+            images.append(np.clip(rng.normal(level, 25, (3, size, size)), 0, 255).astype(np.uint8))
+            rows.append({"location": f"/img/{patient}_{shot}.png", "patient_id": f"p{patient}",
+                         "identity": f"p{patient}", "label": label, "split": "train"})
+    table = pl.DataFrame(rows)
+    index = table.select("location").with_columns(sha256=pl.col("location"), part=pl.lit(0, pl.Int64),
+                                                   row=pl.int_range(pl.len(), dtype=pl.Int64))
+    return table, ImageStore(index=index, parts=(np.stack(images),))
+
+
+@pytest.mark.slow
+def test_fold_models_are_cached_and_retrained_only_when_their_inputs_change(tmp_path):
+    table, store = _bright_and_dark()
+    settings = TrainSettings(epochs=8, patience=8, batch_size=8, device="cpu")
+    inputs = FoldInputs(table=table, class_names=("a", "b"), image_size=16, channels=3, settings=settings, folds=3)
+    logged: list[str] = []
+    first, runs = out_of_fold_probabilities(inputs, store, tmp_path, logged.append)
+    assert [run.trained for run in runs] == [True, True, True] and first.height == table.height
+    assert first.group_by("identity").agg(pl.col("fold").n_unique())["fold"].max() == 1
+    assert (np.asarray(first["probabilities"].to_list()).argmax(axis=1) == (first["label"] == "b").to_numpy()).mean() > 0.9
+
+    again, runs = out_of_fold_probabilities(inputs, store, tmp_path, logged.append)
+    assert not any(run.trained for run in runs) and sum("inputs unchanged" in line for line in logged) == 3
+    assert again["probabilities"].to_list() == first["probabilities"].to_list()
+
+    # One wrong label in a patient whose other images keep the majority: the folds are unchanged, and only
+    # the models that train or select on that image retrain; the one that holds it out is reused.
+    location = table["location"][0]
+    relabelled = FoldInputs(**{**inputs.__dict__, "table": table.with_columns(
+        label=pl.when(pl.col("location") == location).then(pl.lit("b")).otherwise("label"))})
+    _, runs = out_of_fold_probabilities(relabelled, store, tmp_path, logged.append)
+    held_out = first.filter(pl.col("location") == location)["fold"][0]
+    assert [run.trained for run in runs] == [fold != held_out for fold in range(3)]
+
+
+def _scored(rng: np.random.Generator, images: int, flip_share: float) -> tuple[pl.DataFrame, set[str]]:
+    """Confident probabilities of the true class ("x" or "y", sometimes "rare") with some labels flipped."""
+    true = rng.choice(["x", "y", "rare"], images, p=[0.5, 0.45, 0.05])
+    names = ["rare", "x", "y"]
+    probabilities = np.full((images, 3), 0.05)
+    probabilities[np.arange(images), [names.index(t) for t in true]] = 0.9
+    given = true.copy()
+    flipped = rng.choice(images, int(flip_share * images), replace=False)
+    given[flipped] = np.where(true[flipped] == "x", "y", "x")
+    locations = [f"/img/{i}.png" for i in range(images)]
+    frame = pl.DataFrame({"location": locations, "patient_id": [f"p{i // 2}" for i in range(images)],
+                          "split": ["train" if i < images * 0.7 else "test" for i in range(images)],
+                          "label": given.tolist(), "probabilities": probabilities.tolist()})
+    return frame, {locations[i] for i in flipped}
+
+
+def test_label_issues_find_the_flips_and_the_report_section_says_what_they_do_to_top1():
+    scored, flipped = _scored(np.random.default_rng(3), 400, 0.05)
+    issues, noise = find_label_issues(scored, ["rare", "x", "y"])
+    assert issues.columns == ["location", "patient_id", "split", "given_label", "suggested_label", "label_quality",
+                              "is_label_issue"]
+    assert set(issues.filter("is_label_issue")["location"]) == flipped
+    assert issues.filter(pl.col("location").is_in(list(flipped)))["label_quality"].max() < \
+        issues.filter(~pl.col("location").is_in(list(flipped)))["label_quality"].min()
+    assert noise.shape == (3, 3) and np.allclose(noise.sum(axis=0), 1)
+
+    test = scored.filter(pl.col("split") == "test")
+    effect = label_effect_on_test(issues, test, ["rare", "x", "y"], resamples=200, seed=0)
+    wrong = len(flipped & set(test["location"]))
+    assert effect["likely_wrong"] == wrong and effect["test_images"] == test.height
+    assert effect["share"]["low"] < wrong / test.height < effect["share"]["high"]
+    assert effect["top1_without_issues"]["value"] == 1.0 and effect["top1_all"]["value"] == 1 - wrong / test.height
+    markdown = label_issues_markdown(issues, noise, ["rare", "x", "y"], effect, ["train", "test"], "montage.png")
+    assert verdict_line(effect) in markdown and f"{wrong} of {test.height} test images" in markdown
+    assert "| train | x |" in markdown and "| test | y |" in markdown  # counts per split and class, in split order
+    assert markdown.index("| train |") < markdown.index("| test |")
+    assert "| given \\ true | rare | x | y |" in markdown and "![worst label issues](montage.png)" in markdown
+
+
+def test_taxonomy_review_names_the_confused_pair_the_other_bucket_and_the_small_class():
+    rows = []
+    def add(true: str, predicted: str, count: int):
+        names = ["a", "b", "misc", "tiny"]
+        rows.extend({"label": true, "probabilities": [0.9 if n == predicted else 0.1 / 3 for n in names]}
+                    for _ in range(count))
+    add("a", "a", 60), add("a", "b", 25), add("a", "misc", 15)
+    add("b", "b", 70), add("b", "a", 15), add("b", "misc", 15)
+    add("misc", "misc", 80)
+    add("tiny", "tiny", 5), add("tiny", "misc", 5)
+    issues = pl.DataFrame({"given_label": ["a", "b"], "suggested_label": ["b", "a"], "is_label_issue": [True, True]})
+    review = review_taxonomy(pl.DataFrame(rows), issues, ["a", "b", "misc", "tiny"])
+    top = review["confused_pairs"][0]
+    assert top["classes"] == ["a", "b"] and top["rate_a_as_b"] == 0.25 and top["rate_b_as_a"] == 0.15
+    assert top["suggested_relabels"] == 2
+    assert [bucket["class"] for bucket in review["other_buckets"]] == ["misc"]
+    assert [small["class"] for small in review["too_small_to_learn"]] == ["tiny"]
+    markdown = taxonomy_markdown(review, "confusion.png")
+    assert "| a | b | 25.0% | 15.0% | 20.0% | 2 |" in markdown and "- misc: takes from a, b, tiny" in markdown
+    assert "- tiny: 10 images" in markdown and "![out-of-fold confusion matrix](confusion.png)" in markdown
+
+
+def test_a_dataset_with_label_issues_gets_the_three_assets_in_its_training_group(tmp_path):
+    settings = AuditSettings(manifest_path=str(tmp_path / "m.csv"), output_dir=str(tmp_path / "out"))
+    plain = build_dataset_defs(Dataset(name="plain"), audit=settings).resolve_asset_graph()
+    assert not any(key.path[-1] == "label_issues" for key in plain.get_all_asset_keys())
+    dataset = Dataset(name="labelled", training={"label_issues": True})
+    graph = build_dataset_defs(dataset, audit=settings).resolve_asset_graph()
+    chain = {name: graph.get(dg_key(dataset, name)) for name in ("out_of_fold_predictions", "label_issues",
+                                                                    "taxonomy_review")}
+    assert {node.group_name for node in chain.values()} == {"labelled_training"}
+    assert dg_key(dataset, "leak_free_model") in chain["out_of_fold_predictions"].parent_keys
+    assert dg_key(dataset, "leak_free_audit") in chain["out_of_fold_predictions"].parent_keys
+    assert chain["taxonomy_review"].parent_keys == {dg_key(dataset, "label_issues")}
+    job = build_dataset_defs(dataset, audit=settings).resolve_job_def("labelled_training")
+    assert any("taxonomy_review" in node for node in job.graph.node_dict)
+
+
+def dg_key(dataset: Dataset, name: str):
+    from leakage_pipeline.defs.dataset_step import asset_key
+
+    return asset_key(dataset, name)
