@@ -188,7 +188,10 @@ def _demo(directory: Path, train: bool, verbose: bool) -> int:
 def main(argv: list[str] | None = None) -> int:
     # A script's user cannot act on Dagster's notice that its Pipes message reader is a preview.
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "audit" and args.label_issues and not args.train:
+        parser.error("--label-issues needs --train: it scores images with models trained like the leak-free one")
     if args.command == "audit":
         training = TrainingSettings(
             image_size=args.image_size, channels=args.channels, architecture=args.architecture, epochs=args.epochs,

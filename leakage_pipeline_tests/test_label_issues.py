@@ -1,12 +1,15 @@
 """Label issues: identity-grouped folds, the fold-model cache, cleanlab's flags, the taxonomy review and the
 report section, and the assets' place in a dataset's definitions."""
 
+import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
 
+from leakage_pipeline.cli import main
 from leakage_pipeline.defs.dataset import Dataset
-from leakage_pipeline.defs.dataset_defs import build_dataset_defs
+from leakage_pipeline.defs.dataset_defs import build_dataset_defs, shared_resources
+from leakage_pipeline.defs.dataset_step import asset_key
 from leakage_pipeline.defs.settings import AuditSettings
 from leakage_pipeline.training.image_store import ImageStore
 from leakage_pipeline.training.label_issues import (
@@ -132,7 +135,7 @@ def test_taxonomy_review_names_the_confused_pair_the_other_bucket_and_the_small_
     add("a", "a", 60), add("a", "b", 25), add("a", "misc", 15)
     add("b", "b", 70), add("b", "a", 15), add("b", "misc", 15)
     add("misc", "misc", 80)
-    add("tiny", "tiny", 5), add("tiny", "misc", 5)
+    add("tiny", "tiny", 7), add("tiny", "misc", 3)
     issues = pl.DataFrame({"given_label": ["a", "b"], "suggested_label": ["b", "a"], "is_label_issue": [True, True]})
     review = review_taxonomy(pl.DataFrame(rows), issues, ["a", "b", "misc", "tiny"])
     top = review["confused_pairs"][0]
@@ -147,21 +150,26 @@ def test_taxonomy_review_names_the_confused_pair_the_other_bucket_and_the_small_
 
 def test_a_dataset_with_label_issues_gets_the_three_assets_in_its_training_group(tmp_path):
     settings = AuditSettings(manifest_path=str(tmp_path / "m.csv"), output_dir=str(tmp_path / "out"))
-    plain = build_dataset_defs(Dataset(name="plain"), audit=settings).resolve_asset_graph()
+
+    def definitions(dataset: Dataset) -> dg.Definitions:
+        return dg.Definitions.merge(build_dataset_defs(dataset, audit=settings), dg.Definitions(resources=shared_resources()))
+
+    plain = definitions(Dataset(name="plain")).resolve_asset_graph()
     assert not any(key.path[-1] == "label_issues" for key in plain.get_all_asset_keys())
     dataset = Dataset(name="labelled", training={"label_issues": True})
-    graph = build_dataset_defs(dataset, audit=settings).resolve_asset_graph()
-    chain = {name: graph.get(dg_key(dataset, name)) for name in ("out_of_fold_predictions", "label_issues",
-                                                                    "taxonomy_review")}
+    graph = definitions(dataset).resolve_asset_graph()
+    chain = {name: graph.get(asset_key(dataset, name)) for name in ("out_of_fold_predictions", "label_issues",
+                                                                       "taxonomy_review")}
     assert {node.group_name for node in chain.values()} == {"labelled_training"}
-    assert dg_key(dataset, "leak_free_model") in chain["out_of_fold_predictions"].parent_keys
-    assert dg_key(dataset, "leak_free_audit") in chain["out_of_fold_predictions"].parent_keys
-    assert chain["taxonomy_review"].parent_keys == {dg_key(dataset, "label_issues")}
-    job = build_dataset_defs(dataset, audit=settings).resolve_job_def("labelled_training")
-    assert any("taxonomy_review" in node for node in job.graph.node_dict)
+    assert {asset_key(dataset, "leak_free_model"), asset_key(dataset, "leak_free_audit")} <= \
+        chain["out_of_fold_predictions"].parent_keys
+    assert chain["label_issues"].parent_keys == {asset_key(dataset, "out_of_fold_predictions")}
+    assert chain["taxonomy_review"].parent_keys == {asset_key(dataset, "label_issues")}
+    job = definitions(dataset).resolve_job_def("labelled_training")
+    assert asset_key(dataset, "taxonomy_review") in job.asset_layer.executable_asset_keys
 
 
-def dg_key(dataset: Dataset, name: str):
-    from leakage_pipeline.defs.dataset_step import asset_key
-
-    return asset_key(dataset, name)
+def test_label_issues_without_training_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as refused:
+        main(["audit", "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "out"), "--label-issues"])
+    assert refused.value.code == 2 and "--label-issues needs --train" in capsys.readouterr().err
