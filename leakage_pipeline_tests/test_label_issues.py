@@ -1,6 +1,8 @@
 """Label issues: identity-grouped folds, the fold-model cache, cleanlab's flags, the taxonomy review and the
 report section, and the assets' place in a dataset's definitions."""
 
+from dataclasses import replace
+
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -80,8 +82,8 @@ def test_fold_models_are_cached_and_retrained_only_when_their_inputs_change(tmp_
     # One wrong label in a patient whose other images keep the majority: the folds are unchanged, and only
     # the models that train or select on that image retrain; the one that holds it out is reused.
     location = table["location"][0]
-    relabelled = FoldInputs(**{**inputs.__dict__, "table": table.with_columns(
-        label=pl.when(pl.col("location") == location).then(pl.lit("b")).otherwise("label"))})
+    relabelled = replace(inputs, table=table.with_columns(
+        label=pl.when(pl.col("location") == location).then(pl.lit("b")).otherwise("label")))
     _, runs = out_of_fold_probabilities(relabelled, store, tmp_path, logged.append)
     held_out = first.filter(pl.col("location") == location)["fold"][0]
     assert [run.trained for run in runs] == [fold != held_out for fold in range(3)]

@@ -4,6 +4,8 @@ Like the models, they refuse to start while the leak-free split's own audit stil
 folds are grouped by identity on that split, so no model scores an image of a patient it trained on.
 """
 
+from dataclasses import asdict
+
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -71,7 +73,7 @@ def out_of_fold_predictions(step: Step) -> dg.MaterializeResult:
     predictions = pl.concat([scored.select(columns), test_rows.select(columns)])
     write_parquet(predictions, models_dir / files.out_of_fold_predictions.name)
     trained = [run for run in runs if run.trained]
-    summary = {"class_names": list(inputs.class_names), "folds": inputs.folds, "runs": [run.__dict__ for run in runs]}
+    summary = {"class_names": list(inputs.class_names), "folds": inputs.folds, "runs": [asdict(run) for run in runs]}
     write_json(summary, models_dir / SUMMARY)
     upload_tree(models_dir, files.out_of_fold_dir)
     seconds = sum(run.seconds for run in trained)

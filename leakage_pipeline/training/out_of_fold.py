@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -22,6 +23,9 @@ from leakage_pipeline.storage.files import write_json
 from leakage_pipeline.training.image_store import ImageStore
 from leakage_pipeline.training.preprocessing import Preprocessing
 from leakage_pipeline.training.settings import DEFAULT_FOLDS, TrainSettings
+
+if TYPE_CHECKING:
+    from leakage_pipeline.training.model_files import Classifier
 
 FINGERPRINT_FILE = "fingerprint.json"
 
@@ -93,7 +97,7 @@ def _labelled(images: np.ndarray, labels: list[str], class_index: dict[str, int]
 
 
 def _fold_model(inputs: FoldInputs, store: ImageStore, assigned: pl.DataFrame, fold: int, model_dir: Path,
-                log: Callable[[str], None]) -> tuple[object, FoldRun]:
+                log: Callable[[str], None]) -> tuple[Classifier, FoldRun]:
     """Fold ``fold``'s classifier: loaded when its fingerprint is unchanged, else trained on the other
     folds but the next one, which selects its epoch (the held-out fold never steers its own model)."""
     from leakage_pipeline.training.model_files import Classifier, save_model
