@@ -29,7 +29,8 @@ def find_label_issues(scored: pl.DataFrame, class_names: list[str]) -> tuple[pl.
     labels = np.array([index[label] for label in scored["label"].to_list()], np.int64)
     probabilities = np.asarray(scored["probabilities"].to_list(), np.float64)
     probabilities /= probabilities.sum(axis=1, keepdims=True)
-    issues = cleanlab_issues(labels, probabilities, filter_by="prune_by_noise_rate")
+    # One process: the same flags on any machine, and no worker pool forked inside a Dagster step.
+    issues = cleanlab_issues(labels, probabilities, filter_by="prune_by_noise_rate", n_jobs=1)
     quality = get_label_quality_scores(labels, probabilities)
     joint = estimate_joint(labels, probabilities)  # P(given, true)
     noise = joint / np.maximum(joint.sum(axis=0, keepdims=True), 1e-12)
