@@ -118,6 +118,7 @@ def test_label_issues_find_the_flips_and_the_report_section_says_what_they_do_to
     test = scored.filter(pl.col("split") == "test")
     effect = label_effect_on_test(issues, test, ["rare", "x", "y"], resamples=200, seed=0)
     wrong = len(flipped & set(test["location"]))
+    train_flips = len(flipped) - wrong
     assert effect["likely_wrong"] == wrong and effect["test_images"] == test.height
     assert effect["share"]["low"] < wrong / test.height < effect["share"]["high"]
     assert effect["top1_without_issues"]["value"] == 1.0 and effect["top1_all"]["value"] == 1 - wrong / test.height
@@ -125,6 +126,8 @@ def test_label_issues_find_the_flips_and_the_report_section_says_what_they_do_to
     assert verdict_line(effect) in markdown and f"{wrong} of {test.height} test images" in markdown
     assert "| train | x |" in markdown and "| test | y |" in markdown  # counts per split and class, in split order
     assert markdown.index("| train |") < markdown.index("| test |")
+    assert f"Out-of-fold top-1 on train and val (the given label is the models' first choice): {1 - train_flips / 280:.1%}" \
+        in markdown
     assert "| given \\ true | rare | x | y |" in markdown and "![worst label issues](montage.png)" in markdown
 
 

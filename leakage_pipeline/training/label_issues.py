@@ -96,10 +96,15 @@ def label_issues_markdown(issues: pl.DataFrame, noise: np.ndarray, class_names: 
                           split_order: list[str], montage_name: str | None) -> str:
     counts = counts_per_split_and_class(issues, split_order)
     worst = issues.filter("is_label_issue").sort("label_quality").head(10)
+    scored_out_of_fold = issues.filter(pl.col("split") != split_order[-1])
+    agreement = (scored_out_of_fold["given_label"] == scored_out_of_fold["suggested_label"]).mean()
     lines = [
         "## Label issues (confident learning on out-of-fold probabilities)", "", verdict_line(effect), "",
         "Train and val images are scored by models that never saw their identity (folds grouped by identity), "
         "test images by the leak-free model.", "",
+        f"Out-of-fold top-1 on train and val (the given label is the models' first choice): {agreement or 0:.1%}. "
+        "Flags are only as good as these models: where it is low, many flags are the models' errors, not wrong labels.",
+        "",
         "### Likely label issues per split and class", "",
         markdown_table(["split", "given label", "images", "likely issues"], counts.rows()), "",
         "### Estimated noise: P(given label | true label)", "",
