@@ -22,11 +22,11 @@ from leakage_pipeline.audit.report_markdown import threshold_markdown
 from leakage_pipeline.audit.splitting import MOVED_WITH_IDENTITY, SPLIT_POLICIES
 from leakage_pipeline.defs.dataset import DATASETS_DIR, load_dataset
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
-from leakage_pipeline.output_lock import OutputLocked
 from leakage_pipeline.progress import ProgressDisplay, ProgressReporter
 from leakage_pipeline.runner import AuditFailed, AuditOutcome, run_audit
 from leakage_pipeline.storage.files import read_parquet
 from leakage_pipeline.storage.locations import UnsupportedLocation, check_location
+from leakage_pipeline.storage.output_lock import OutputLocked
 from leakage_pipeline.training.evaluation import summary_markdown
 from leakage_pipeline.training.model_files import Classifier, ModelFileError
 from leakage_pipeline.training.serving import DEFAULT_MAX_UPLOAD_BYTES, serve

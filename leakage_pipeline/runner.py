@@ -17,9 +17,9 @@ from leakage_pipeline.defs.dataset_defs import dataset_resources, shared_resourc
 from leakage_pipeline.defs.dataset_step import asset_key
 from leakage_pipeline.defs.output_files import OutputFiles
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
-from leakage_pipeline.output_lock import output_lock
 from leakage_pipeline.progress import parse_progress
 from leakage_pipeline.storage.locations import UnsupportedLocation
+from leakage_pipeline.storage.output_lock import output_lock
 
 # The dataset name of a run started from the CLI or a script: the prefix of its asset keys.
 SCRIPT_DATASET = "audit"

@@ -18,8 +18,8 @@ from leakage_pipeline.audit.manifest import ColumnMapping, LocationRules
 from leakage_pipeline.audit.perceptual_hash import HASH_MODE_EXACT
 from leakage_pipeline.audit.report import ReportSettings
 from leakage_pipeline.audit.splitting import POLICY_KEEP, SplitPlan
-from leakage_pipeline.output_lock import output_lock
 from leakage_pipeline.storage.locations import check_location, is_gcs, use_gcs_client
+from leakage_pipeline.storage.output_lock import output_lock
 from leakage_pipeline.training.settings import TrainSettings
 
 _TRAIN_DEFAULTS = TrainSettings()
@@ -30,7 +30,7 @@ class AuditSettings(dg.ConfigurableResource):
     """Inputs and knobs of one leakage audit.
 
     Every step that uses these settings holds the output directory's lock (see
-    :mod:`leakage_pipeline.output_lock`) from the moment Dagster initialises the resource for it until
+    :mod:`leakage_pipeline.storage.output_lock`) from the moment Dagster initialises the resource for it until
     it is done, so each writing step, the training assets included, writes under it. The lock is
     taken with the run's id, so the steps of one run share it even when each runs in its own process
     or pod, while another run waits up to ``lock_wait_seconds`` and is then refused. Sensors and
