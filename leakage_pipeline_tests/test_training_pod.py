@@ -15,13 +15,13 @@ from leakage_pipeline.defs.dataset_defs import build_dataset_defs, shared_resour
 from leakage_pipeline.defs.training_assets import TRAINING_POD_COMMAND
 from leakage_pipeline.defs.training_pod import TrainingPod
 from leakage_pipeline.storage.files import upload_tree
+from leakage_pipeline.storage.output_files import PREDICTIONS_FILE
 from leakage_pipeline.training.image_store import build_store
 from leakage_pipeline.training.model_files import MODEL_FILE, PREPROCESSING_FILE
 from leakage_pipeline.training.preprocessing import Preprocessing
 from leakage_pipeline.training.settings import TrainSettings
 from leakage_pipeline.training.training_job import (
     HISTORY_FILE,
-    PREDICTIONS_FILE,
     TrainingJob,
     on_local_disk,
     run_training_job,

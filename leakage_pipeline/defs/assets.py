@@ -28,10 +28,10 @@ from leakage_pipeline.audit.report_markdown import report_markdown, threshold_ma
 from leakage_pipeline.audit.splitting import MOVED_WITH_IDENTITY, POLICY_ASSIGN, POLICY_KEEP, assign_splits, keep_splits
 from leakage_pipeline.defs.dataset import Dataset
 from leakage_pipeline.defs.dataset_step import Step, dataset_asset, dataset_asset_per_split
-from leakage_pipeline.defs.output_files import OutputFiles
 from leakage_pipeline.markdown_tables import frame_markdown
 from leakage_pipeline.progress import ProgressReporter
 from leakage_pipeline.storage.files import read_json, read_parquet, remove_tree, write_json, write_parquet, write_text
+from leakage_pipeline.storage.output_files import OutputFiles
 
 GROUP = "audit"
 # A run with this tag set to "true" verifies the hash cache, whatever its settings say.

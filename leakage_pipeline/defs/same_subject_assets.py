@@ -9,8 +9,8 @@ import polars as pl
 
 from leakage_pipeline.defs.assets import load_audited_images, markdown_metadata
 from leakage_pipeline.defs.dataset_step import Step
-from leakage_pipeline.defs.output_files import OutputFiles
 from leakage_pipeline.storage.files import read_json, read_parquet, write_json, write_parquet
+from leakage_pipeline.storage.output_files import OutputFiles
 
 
 def same_subject_pairs(step: Step) -> dg.MaterializeResult:

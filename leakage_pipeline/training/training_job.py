@@ -19,6 +19,7 @@ import polars as pl
 from leakage_pipeline.progress import ProgressReporter
 from leakage_pipeline.storage.files import download_tree, read_parquet, upload_tree, write_json, write_parquet
 from leakage_pipeline.storage.locations import is_local, location
+from leakage_pipeline.storage.output_files import PREDICTIONS_FILE
 from leakage_pipeline.training.image_store import ImageStore, open_stores
 from leakage_pipeline.training.preprocessing import Preprocessing
 from leakage_pipeline.training.settings import TrainSettings
@@ -26,7 +27,6 @@ from leakage_pipeline.training.settings import TrainSettings
 if TYPE_CHECKING:
     from leakage_pipeline.training.trainer import LabelledImages
 
-PREDICTIONS_FILE = "test_predictions.parquet"
 HISTORY_FILE = "history.json"
 
 
