@@ -4,8 +4,6 @@ Each asset calls the plain-Python core, writes its own file under the output dir
 returns a MaterializeResult whose metadata is what a person wants to see in the UI.
 """
 
-import base64
-import io
 import itertools
 import secrets
 from collections.abc import Callable
@@ -13,7 +11,6 @@ from datetime import UTC, datetime
 
 import dagster as dg
 import polars as pl
-from PIL import Image
 from upath import UPath
 
 from leakage_pipeline.audit.image_hashing import STALE_SCHEMA, STATUSES, hash_images
@@ -26,9 +23,11 @@ from leakage_pipeline.audit.montage import montage_examples, write_montage
 from leakage_pipeline.audit.report import AuditReport, ReportSettings, build_report
 from leakage_pipeline.audit.report_markdown import report_markdown, threshold_markdown
 from leakage_pipeline.audit.splitting import MOVED_WITH_IDENTITY, POLICY_ASSIGN, POLICY_KEEP, assign_splits, keep_splits
+from leakage_pipeline.defs.audit_inputs import load_audited_images, load_hashes, read_same_subject
 from leakage_pipeline.defs.dataset import Dataset
 from leakage_pipeline.defs.dataset_step import Step, dataset_asset, dataset_asset_per_split
-from leakage_pipeline.markdown_tables import frame_markdown
+from leakage_pipeline.defs.metadata import markdown_metadata, montage_preview, rounded
+from leakage_pipeline.defs.same_subject_assets import same_subject_pairs
 from leakage_pipeline.progress import ProgressReporter
 from leakage_pipeline.storage.files import read_json, read_parquet, remove_tree, write_json, write_parquet, write_text
 from leakage_pipeline.storage.output_files import OutputFiles
@@ -36,10 +35,6 @@ from leakage_pipeline.storage.output_files import OutputFiles
 GROUP = "audit"
 # A run with this tag set to "true" verifies the hash cache, whatever its settings say.
 VERIFY_CACHE_TAG = "leakage/verify_cache"
-
-
-def markdown_metadata(frame: pl.DataFrame, limit: int = 20) -> dg.MarkdownMetadataValue:
-    return dg.MetadataValue.md(frame_markdown(frame, limit))
 
 
 def manifest(step: Step) -> dg.MaterializeResult:
@@ -172,19 +167,6 @@ def image_hashes(step: Step, summaries: dict[str, dict]) -> dg.MaterializeResult
     return dg.MaterializeResult(metadata={**verification, "hash_mode": step.audit.hash_mode})
 
 
-def load_hashes(files: OutputFiles, splits: list[str]) -> pl.DataFrame:
-    """The current hashes of every split."""
-    return pl.concat([read_parquet(files.image_hashes(split)) for split in splits
-                      if files.image_hashes(split).exists()])
-
-
-def load_audited_images(step: Step, assignments: pl.DataFrame | None = None) -> pl.DataFrame:
-    """Split assignments (default: the audited split's) joined with each image's hash row."""
-    if assignments is None:
-        assignments = read_parquet(step.files.split_assignments)
-    return assignments.join(load_hashes(step.files, step.splits), on="location", how="left", maintain_order="left")
-
-
 def near_duplicate_pairs(step: Step) -> dg.MaterializeResult:
     """Every cross-split pair with equal bytes or a pHash/dHash distance within the max radius."""
     files = step.files
@@ -232,26 +214,9 @@ def _report_metadata(report: dict, files: OutputFiles, drawn: int) -> dict:
         "thresholds": dg.MetadataValue.md(threshold_markdown(report)),
         "report": dg.MetadataValue.md(report_markdown(report)),
         "montage_examples": drawn,
-        "montage": dg.MetadataValue.md(_montage_preview(files.montage)),
+        "montage": dg.MetadataValue.md(montage_preview(files.montage)),
         "report_dir": dg.MetadataValue.path(str(files.report_dir)),
     }
-
-
-def rounded(value: float | None, digits: int = 4) -> float | None:
-    """What a person compares in the UI (the JSON files keep every digit)."""
-    return None if value is None else round(value, digits)
-
-
-def _montage_preview(montage: UPath, width: int = 900) -> str:
-    """The montage as an inline image for the asset's page: at most ``width`` pixels wide, as a JPEG,
-    so the run's event log stays small; the full-size PNG is in the report folder."""
-    with Image.open(io.BytesIO(montage.read_bytes())) as sheet:
-        sheet = sheet.convert("RGB")
-        if sheet.width > width:
-            sheet = sheet.resize((width, round(sheet.height * width / sheet.width)), Image.Resampling.LANCZOS)
-        buffer = io.BytesIO()
-        sheet.save(buffer, format="JPEG", quality=80)
-    return f"![leak montage](data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()})"
 
 
 def leakage_report(step: Step) -> dg.MaterializeResult:
@@ -262,8 +227,6 @@ def leakage_report(step: Step) -> dg.MaterializeResult:
     pairs = read_parquet(files.near_duplicate_pairs)
     # Recomputed from the assignments (cheap, reads no image) rather than parsed back from JSON.
     findings = check_split_integrity(read_parquet(files.split_assignments))
-    from leakage_pipeline.defs.same_subject_assets import read_same_subject  # that module imports this one
-
     audit_report = build_report(images, pairs, findings, step.splits, step.audit.report_settings(),
                                 *read_same_subject(files))
     write_parquet(audit_report.identities, files.identities)
@@ -318,9 +281,6 @@ def leak_free_audit(step: Step) -> dg.MaterializeResult:
 def build_audit_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
     """The dataset's audit: manifest -> split -> hash (per split partition) -> match (hashes, and the
     same subject photographed again) -> report -> leak-free split."""
-    # Imported here: that module builds on this one's loaders.
-    from leakage_pipeline.defs.same_subject_assets import same_subject_pairs
-
     def asset(body, **spec):
         return dataset_asset(dataset, body, group=GROUP, **spec)
 

@@ -14,7 +14,6 @@ import polars as pl
 from upath import UPath
 
 from leakage_pipeline.audit.splitting import leaky_split, shared_patients
-from leakage_pipeline.defs.assets import rounded
 from leakage_pipeline.defs.checks import leak_free_split_problems
 from leakage_pipeline.defs.dataset import Dataset
 from leakage_pipeline.defs.dataset_step import (
@@ -27,6 +26,7 @@ from leakage_pipeline.defs.dataset_step import (
     dataset_asset,
     dataset_asset_per_split,
 )
+from leakage_pipeline.defs.metadata import rounded
 from leakage_pipeline.progress import ProgressReporter
 from leakage_pipeline.storage.files import (
     download_tree,
