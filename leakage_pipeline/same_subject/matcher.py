@@ -218,7 +218,7 @@ def run_same_subject(images: pl.DataFrame, split_order: list[str], directory: Pa
         model = model.to(device)
     else:
         model, _ = load_model(files.model)
-        from leakage_pipeline.training.trainer import pick_device
+        from leakage_pipeline.devices import pick_device
 
         device = pick_device(settings.embedding.device)
         model = model.to(device)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from leakage_pipeline.devices import pick_device
 from leakage_pipeline.progress import ProgressReporter, start_progress
 from leakage_pipeline.training.metrics import macro_f1
 from leakage_pipeline.training.models import build_model, load_initial_weights
@@ -44,12 +45,6 @@ class TrainResult:
     @property
     def images_per_second(self) -> float:
         return float(np.median([epoch["images_per_second"] for epoch in self.history]))
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
 
 
 class DeviceImages:
