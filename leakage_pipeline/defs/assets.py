@@ -222,16 +222,32 @@ def _report_metadata(report: dict, files: OutputFiles, drawn: int) -> dict:
 def leakage_report(step: Step) -> dg.MaterializeResult:
     """The audit's answer: coverage, thresholds, label agreement, identities, every leaked image with its
     reasons, a montage per reason, and the verdict."""
-    files = step.files
-    images = load_audited_images(step)
-    pairs = read_parquet(files.near_duplicate_pairs)
-    # Recomputed from the assignments (cheap, reads no image) rather than parsed back from JSON.
-    findings = check_split_integrity(read_parquet(files.split_assignments))
-    audit_report = build_report(images, pairs, findings, step.splits, step.audit.report_settings(),
-                                *read_same_subject(files))
-    write_parquet(audit_report.identities, files.identities)
+    return _audit_and_report(step, leak_free=False)
+
+
+def _audit_and_report(step: Step, leak_free: bool) -> dg.MaterializeResult:
+    """Audit one split and write its report. The audited split (``leak_free`` False) uses the pairs and same-subject
+    results of the earlier steps and writes the identities; the leak-free split is matched here and judged with the
+    audited split's trusted radii."""
+    files = step.files.leak_free if leak_free else step.files
+    # Split integrity is recomputed from the assignments (cheap, reads no image) rather than parsed back from JSON.
+    assignments = read_parquet(files.split_assignments)
+    images = load_audited_images(step, assignments)
+    if leak_free:
+        pairs = cross_split_pairs(images, step.splits, step.audit.max_radius,
+                                  ProgressReporter(step.log.info, "matching the leak-free split"))
+        write_parquet(pairs, files.near_duplicate_pairs)
+        trusted = read_json(step.files.report_json)["trusted_radius"]
+        settings = ReportSettings(radii=step.audit.report_settings().radii, trusted_radius=trusted)
+        same_subject = (None, None)
+    else:
+        pairs, settings = read_parquet(files.near_duplicate_pairs), step.audit.report_settings()
+        same_subject = read_same_subject(files)
+    audit_report = build_report(images, pairs, check_split_integrity(assignments), step.splits, settings, *same_subject)
+    if not leak_free:
+        write_parquet(audit_report.identities, files.identities)
     drawn = _write_report(audit_report, images, files, step)
-    step.log.info(audit_report.report["verdict"]["text"])
+    step.log.info(("leak-free split: " if leak_free else "") + audit_report.report["verdict"]["text"])
     return dg.MaterializeResult(metadata=_report_metadata(audit_report.report, files, drawn))
 
 
@@ -264,18 +280,7 @@ def leak_free_split(step: Step) -> dg.MaterializeResult:
 def leak_free_audit(step: Step) -> dg.MaterializeResult:
     """The leak-free split audited like any split, with the trusted radii of the audited split's report
     (so that what linked identities there is judged the same way here)."""
-    files = step.files
-    split = read_parquet(files.leak_free.split_assignments)
-    images = load_audited_images(step, split)
-    pairs = cross_split_pairs(images, step.splits, step.audit.max_radius,
-                              ProgressReporter(step.log.info, "matching the leak-free split"))
-    write_parquet(pairs, files.leak_free.near_duplicate_pairs)
-    trusted = read_json(files.report_json)["trusted_radius"]
-    settings = ReportSettings(radii=step.audit.report_settings().radii, trusted_radius=trusted)
-    audit_report = build_report(images, pairs, check_split_integrity(split), step.splits, settings)
-    drawn = _write_report(audit_report, images, files.leak_free, step)
-    step.log.info(f"leak-free split: {audit_report.report['verdict']['text']}")
-    return dg.MaterializeResult(metadata=_report_metadata(audit_report.report, files.leak_free, drawn))
+    return _audit_and_report(step, leak_free=True)
 
 
 def build_audit_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
