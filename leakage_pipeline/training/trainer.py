@@ -23,7 +23,7 @@ from leakage_pipeline.progress import ProgressReporter, start_progress
 from leakage_pipeline.training.metrics import macro_f1
 from leakage_pipeline.training.models import build_model, load_initial_weights
 from leakage_pipeline.training.preprocessing import Preprocessing
-from leakage_pipeline.training.settings import TrainSettings
+from leakage_pipeline.training.settings import ClassifierSettings
 
 # Images stay on the GPU when they take at most this share of its free memory.
 _DEVICE_RESIDENT_SHARE = 0.4
@@ -107,7 +107,7 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
 
 def train_classifier(
     train: LabelledImages, val: LabelledImages, num_classes: int, preprocessing: Preprocessing,
-    settings: TrainSettings, log: Callable[[str], None] = print, progress: ProgressReporter | None = None,
+    settings: ClassifierSettings, log: Callable[[str], None] = print, progress: ProgressReporter | None = None,
 ) -> TrainResult:
     """Train ``settings.architecture`` on ``train``; return the epoch with the best validation macro F1.
 

@@ -22,7 +22,7 @@ from leakage_pipeline.storage.locations import is_local, location
 from leakage_pipeline.storage.output_files import PREDICTIONS_FILE
 from leakage_pipeline.training.image_store import ImageStore, open_stores
 from leakage_pipeline.training.preprocessing import Preprocessing
-from leakage_pipeline.training.settings import TrainSettings
+from leakage_pipeline.training.settings import ClassifierSettings
 
 if TYPE_CHECKING:
     from leakage_pipeline.training.trainer import LabelledImages
@@ -41,7 +41,7 @@ class TrainingJob:
     val_split: str
     test_split: str
     model_dir: str
-    settings: TrainSettings
+    settings: ClassifierSettings
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,7 +49,7 @@ class TrainingJob:
     @classmethod
     def from_dict(cls, values: dict) -> TrainingJob:
         return cls(**{**values, "store_dirs": tuple(values["store_dirs"]), "class_names": tuple(values["class_names"]),
-                      "settings": TrainSettings(**values["settings"])})
+                      "settings": ClassifierSettings(**values["settings"])})
 
 
 @contextmanager
