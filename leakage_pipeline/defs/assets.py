@@ -29,6 +29,7 @@ from leakage_pipeline.defs.dataset_step import Step, dataset_asset, dataset_asse
 from leakage_pipeline.defs.metadata import markdown_metadata, montage_preview, rounded
 from leakage_pipeline.defs.same_subject_assets import same_subject_pairs
 from leakage_pipeline.progress import ProgressReporter
+from leakage_pipeline.same_subject.geometric_verification import inlier_lines
 from leakage_pipeline.storage.files import read_json, read_parquet, remove_tree, write_json, write_parquet, write_text
 from leakage_pipeline.storage.output_files import OutputFiles
 
@@ -194,7 +195,8 @@ def _write_report(audit_report: AuditReport, images: pl.DataFrame, files: Output
     write_text(report_markdown(report), files.report_markdown)
     write_json(audit_report.flagged.filter(pl.col("split") == step.dataset.test_split).to_dicts(),
                files.flagged_test_images)
-    return write_montage(montage_examples(audit_report.reasons, images, step.audit.montage_per_reason), files.montage)
+    return write_montage(montage_examples(audit_report.reasons, images, step.audit.montage_per_reason), files.montage,
+                         inlier_lines=inlier_lines)
 
 
 def _report_metadata(report: dict, files: OutputFiles, drawn: int) -> dict:
