@@ -95,7 +95,7 @@ def run_training_job(job: TrainingJob, log: Callable[[str], None] = print) -> di
 
     store = open_stores([Path(d) for d in job.store_dirs])
     in_store = set(store.index["location"].to_list())
-    table = pl.read_parquet(job.split_table).filter(pl.col("location").is_in(list(in_store)))
+    table = read_parquet(job.split_table).filter(pl.col("location").is_in(list(in_store)))
     class_index = {name: i for i, name in enumerate(job.class_names)}
     _, train = _labelled(table, job.train_split, store, class_index)
     _, val = _labelled(table, job.val_split, store, class_index)
