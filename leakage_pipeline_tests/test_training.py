@@ -111,3 +111,15 @@ def test_initial_weights_load_where_shapes_allow(tmp_path):
     with pytest.raises(ValueError, match="no weight matches"):
         load_initial_weights(build_model(SMALL_CNN, 1, 5), tmp_path / "resnet18.pt")
     assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 5)
+
+
+def test_the_training_resource_offers_every_classifier_knob_with_its_default():
+    from dataclasses import fields
+
+    from leakage_pipeline.defs.settings import TrainingSettings
+
+    resource = TrainingSettings()
+    assert resource.classifier_settings() == ClassifierSettings()
+    changed = TrainingSettings(epochs=3, architecture=RESNET18, initial_weights="w.pt").classifier_settings()
+    assert (changed.epochs, changed.architecture, changed.initial_weights) == (3, RESNET18, "w.pt")
+    assert {field.name for field in fields(ClassifierSettings)} <= set(TrainingSettings.model_fields)
