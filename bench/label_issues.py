@@ -25,7 +25,7 @@ from leakage_pipeline.training.image_store import ImageStore
 from leakage_pipeline.training.label_issues import find_label_issues
 from leakage_pipeline.training.out_of_fold import FoldInputs, out_of_fold_probabilities
 from leakage_pipeline.training.preprocessing import Preprocessing
-from leakage_pipeline.training.settings import TrainSettings
+from leakage_pipeline.training.settings import ClassifierSettings
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 SETS = {  # name: (folder, patient column)
@@ -61,7 +61,7 @@ def _flip(rows: pl.DataFrame, rate: float, seed: int) -> tuple[pl.DataFrame, set
 
 
 def _score(rows: pl.DataFrame, store: ImageStore, planted: set[str], args) -> dict:
-    settings = TrainSettings(epochs=args.epochs, patience=args.epochs, seed=args.seed)
+    settings = ClassifierSettings(epochs=args.epochs, patience=args.epochs, seed=args.seed)
     inputs = FoldInputs(table=rows.with_columns(identity=pl.col("patient_id"), split=pl.lit("train")),
                         class_names=tuple(sorted(rows["label"].unique().to_list())), image_size=args.size,
                         channels=3, settings=settings, folds=args.folds)
@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--demo", type=Path, help="a built demo dataset's folder: score its planted flips instead")
     args = parser.parse_args()
-    from leakage_pipeline.training.trainer import pick_device
+    from leakage_pipeline.devices import pick_device
 
     print(f"device: {pick_device('auto')}, {args.size}px, small CNN, {args.epochs} epochs, {args.folds} folds")
     print("| set | flip rate | images | planted | flagged | precision | recall | CV s | train images/s |")

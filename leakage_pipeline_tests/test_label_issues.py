@@ -21,7 +21,7 @@ from leakage_pipeline.training.label_issues import (
     verdict_line,
 )
 from leakage_pipeline.training.out_of_fold import FoldInputs, grouped_folds, out_of_fold_probabilities
-from leakage_pipeline.training.settings import TrainSettings
+from leakage_pipeline.training.settings import ClassifierSettings
 from leakage_pipeline.training.taxonomy import review_taxonomy, taxonomy_markdown
 
 
@@ -67,7 +67,7 @@ def _bright_and_dark(patients: int = 30, per_patient: int = 3, size: int = 16) -
 @pytest.mark.slow
 def test_fold_models_are_cached_and_retrained_only_when_their_inputs_change(tmp_path):
     table, store = _bright_and_dark()
-    settings = TrainSettings(epochs=8, patience=8, batch_size=8, device="cpu")
+    settings = ClassifierSettings(epochs=8, patience=8, batch_size=8, device="cpu")
     inputs = FoldInputs(table=table, class_names=("a", "b"), image_size=16, channels=3, settings=settings, folds=3)
     logged: list[str] = []
     first, runs = out_of_fold_probabilities(inputs, store, tmp_path, logged.append)

@@ -10,10 +10,10 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from leakage_pipeline.defs.assets import _montage_preview, rounded
 from leakage_pipeline.defs.checks import leak_free_split_problems
 from leakage_pipeline.defs.dataset import Dataset
 from leakage_pipeline.defs.dataset_step import AUDIT, TRAINING, Step, dataset_asset
+from leakage_pipeline.defs.metadata import montage_preview, rounded
 from leakage_pipeline.defs.training_assets import (
     GROUP,
     LEAK_FREE,
@@ -62,7 +62,7 @@ def out_of_fold_predictions(step: Step) -> dg.MaterializeResult:
     fold_table = table.filter(pl.col("split").is_in([train, val])).join(identities, on="location", how="left")
     inputs = FoldInputs(table=fold_table.with_columns(pl.col("identity").fill_null(pl.col("patient_id"))),
                         class_names=tuple(_class_names(table)), image_size=training.image_size,
-                        channels=training.channels, settings=training.train_settings(),
+                        channels=training.channels, settings=training.classifier_settings(),
                         folds=training.label_issue_folds)
     models_dir = files.local_copy(files.out_of_fold_dir)
     download_tree(files.out_of_fold_dir, models_dir)  # a fresh machine reuses the cached fold models
@@ -114,7 +114,7 @@ def label_issues(step: Step) -> dg.MaterializeResult:
         "likely_issues": int(issues["is_label_issue"].sum()),
         "test_share_likely_wrong": rounded(effect["share"]["value"]) if effect["share"] else None,
         "report": dg.MetadataValue.md(markdown), "montage_examples": drawn,
-        "montage": dg.MetadataValue.md(_montage_preview(montage)),
+        "montage": dg.MetadataValue.md(montage_preview(montage)),
         "path": dg.MetadataValue.path(str(files.label_issues)),
     })
 
@@ -133,7 +133,7 @@ def taxonomy_review(step: Step) -> dg.MaterializeResult:
     write_json(review, files.label_issues_dir / "taxonomy_review.json")
     write_text(markdown, files.label_issues_dir / "taxonomy_review.md")
     return dg.MaterializeResult(metadata={
-        "review": dg.MetadataValue.md(markdown), "confusion_matrix": dg.MetadataValue.md(_montage_preview(picture)),
+        "review": dg.MetadataValue.md(markdown), "confusion_matrix": dg.MetadataValue.md(montage_preview(picture)),
         "most_confused": " / ".join(review["confused_pairs"][0]["classes"]) if review["confused_pairs"] else None,
         "other_buckets": [bucket["class"] for bucket in review["other_buckets"]],
         "too_small_to_learn": [small["class"] for small in review["too_small_to_learn"]],

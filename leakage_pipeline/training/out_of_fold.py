@@ -22,7 +22,7 @@ from leakage_pipeline.progress import ProgressReporter
 from leakage_pipeline.storage.files import write_json
 from leakage_pipeline.training.image_store import ImageStore
 from leakage_pipeline.training.preprocessing import Preprocessing
-from leakage_pipeline.training.settings import DEFAULT_FOLDS, TrainSettings
+from leakage_pipeline.training.settings import DEFAULT_FOLDS, ClassifierSettings
 
 if TYPE_CHECKING:
     from leakage_pipeline.training.model_files import Classifier
@@ -64,7 +64,7 @@ class FoldInputs:
     class_names: tuple[str, ...]
     image_size: int
     channels: int
-    settings: TrainSettings
+    settings: ClassifierSettings
     folds: int = DEFAULT_FOLDS
 
 

@@ -15,7 +15,10 @@ DEFAULT_FOLDS = 5  # out-of-fold predictions for label issues: K models, each wi
 
 
 @dataclass(frozen=True)
-class TrainSettings:
+class ClassifierSettings:
+    """The classifier's own training knobs, as :func:`~leakage_pipeline.training.trainer.train_classifier` takes
+    them; the Dagster resource ``TrainingSettings`` offers each one under the same name and default."""
+
     architecture: str = SMALL_CNN
     epochs: int = 30
     batch_size: int = 64
