@@ -3,8 +3,10 @@
 The emulator ignores generation preconditions, which real GCS enforces (HTTP 412) and the output
 lock relies on: with the emulator as it ships, two steps creating the lock at once would both
 succeed. :func:`generation_preconditions_enforced` makes its object insert (creations and rewrites
-alike) and delete handlers enforce them; ``python -m leakage_pipeline_tests.gcs_emulator`` serves
-such an emulator as a process of its own (``make test-deploy``'s stack).
+alike) and delete handlers enforce them, and its reads answer a ``generation`` that is not the
+object's with 404 as GCS does (hashing reads each image at its listed generation);
+``python -m leakage_pipeline_tests.gcs_emulator`` serves such an emulator as a process of its own
+(``make test-deploy``'s stack, ``bench.gcs``).
 """
 
 import argparse
@@ -45,6 +47,22 @@ def generation_preconditions_enforced(required: bool = False) -> Iterator[None]:
         checked.__wrapped__ = handler
         return checked
 
+    def pinned(handler):
+        """A read of ``generation=N`` finds nothing when the object's generation is not N (no versioning)."""
+        def checked(request, response, storage, *args, **kwargs):
+            wanted = request.query.get("generation")
+            if wanted:
+                try:
+                    current = str(storage.get_file_obj(request.params["bucket_name"],
+                                                       request.params["object_id"])["generation"])
+                except NotFound:
+                    current = None
+                if current != wanted[0]:
+                    return refuse(response, HTTPStatus.NOT_FOUND, f"no generation {wanted[0]} of this object")
+            return handler(request, response, storage, *args, **kwargs)
+        checked.__wrapped__ = handler
+        return checked
+
     def inserted_name(request):
         return request.query["name"][0] if "name" in request.query else request.data["meta"]["name"]
 
@@ -56,6 +74,10 @@ def generation_preconditions_enforced(required: bool = False) -> Iterator[None]:
             if getattr(current, "__wrapped__", current) is handler:
                 methods[method] = enforcing(handler, name)
                 replaced.append((methods, method, current))
+        current = methods.get(emulator.GET)
+        if getattr(current, "__wrapped__", current) in (objects.get, objects.download):
+            methods[emulator.GET] = pinned(getattr(current, "__wrapped__", current))
+            replaced.append((methods, emulator.GET, current))
     try:
         yield
     finally:

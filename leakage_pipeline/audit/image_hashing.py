@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import polars as pl
@@ -84,21 +84,31 @@ def _decode_and_hash(data: bytes, limits: HashLimits, mode: str) -> dict:
             "width": width, "height": height}
 
 
-def hash_image(location: str, limits: HashLimits = HashLimits(), mode: str = HASH_MODE_EXACT) -> dict:
-    """One row of :data:`HASH_SCHEMA` for the image at ``location``, hashed in ``mode``."""
+def hash_image(location: str, limits: HashLimits = HashLimits(), mode: str = HASH_MODE_EXACT,
+               listed: image_source.ObjectStat | None = None,
+               cpu: AbstractContextManager | None = None) -> dict:
+    """One row of :data:`HASH_SCHEMA` for the image at ``location``, hashed in ``mode``.
+
+    ``listed``: its size and version from a listing (:func:`image_source.stat_many`), so a GCS object
+    costs one request, its download at that generation; if the object changed since, it is looked
+    at afresh. ``cpu``, when given, is held while hashing, so reads can outnumber the CPU workers.
+    """
     row: dict = {"location": location, "hash_mode": mode}
     try:
-        info = image_source.stat(location)
+        info = listed or image_source.stat(location)
         row.update(size_bytes=info.size, version=info.version)
         if info.size > limits.max_bytes:
             return row | {"status": STATUS_TOO_LARGE, "message": f"{info.size} bytes exceeds {limits.max_bytes}"}
-        data = image_source.read_bytes(location)
+        data = image_source.read_bytes(location, info.version if listed and image_source.is_gcs(location) else None)
     except image_source.ImageMissing as error:
+        if listed is not None:  # rewritten or deleted since the listing
+            return hash_image(location, limits, mode, None, cpu)
         return row | {"status": STATUS_MISSING, "message": str(error)}
     except (OSError, ValueError) as error:  # ValueError: a path the OS refuses, e.g. with a NUL byte
         return row | {"status": STATUS_UNREADABLE, "message": f"{type(error).__name__}: {error}"}
-    row["sha256"] = hashlib.sha256(data).hexdigest()
-    return row | _decode_and_hash(data, limits, mode)
+    with cpu or nullcontext():
+        row["sha256"] = hashlib.sha256(data).hexdigest()
+        return row | _decode_and_hash(data, limits, mode)
 
 
 def _frame(rows: list[dict]) -> pl.DataFrame:
@@ -109,8 +119,7 @@ def empty_hashes() -> pl.DataFrame:
     return _frame([])
 
 
-def _current_identity(locations: list[str], mode: str) -> pl.DataFrame:
-    stats = image_source.stat_many(locations)
+def _current_identity(stats: dict[str, image_source.ObjectStat | None], mode: str) -> pl.DataFrame:
     return pl.DataFrame(
         [{"location": location, "size_bytes": info.size if info else None, "version": info.version if info else None}
          for location, info in stats.items()],
@@ -160,14 +169,17 @@ def hash_images(
     ``checkpoint`` receives each finished chunk of new rows, so a caller can persist
     progress; feeding those rows back as ``previous`` resumes a killed run. ``progress`` hears
     how many of the images to hash are done.
-    Threads overlap reading with decoding; Pillow and hashlib release the GIL while they work.
+    Sizes and versions come from one listing (GCS) or ``stat`` each (local). Threads overlap
+    reading with hashing, ``workers`` of them hashing at a time (Pillow, numba and hashlib release
+    the GIL) while more read (:func:`image_source.reading_pool`).
     """
     if mode not in HASH_MODES:
         raise ValueError(f"unknown hash mode {mode!r}; use one of {HASH_MODES}")
     unique_locations = list(dict.fromkeys(locations))
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    stats = image_source.stat_many(unique_locations)
+    with image_source.reading_pool(unique_locations, workers) as (pool, cpu):
         cached = (
-            reusable_rows(_current_identity(unique_locations, mode), previous)
+            reusable_rows(_current_identity(stats, mode), previous)
             if previous is not None and previous.height
             else empty_hashes()
         )
@@ -178,7 +190,7 @@ def hash_images(
         hashing = start_progress(progress, len(todo), "images")
         for chunk in _chunks(todo, chunk_size):
             rows = []
-            for row in pool.map(lambda loc: hash_image(loc, limits, mode), chunk):
+            for row in pool.map(lambda loc: hash_image(loc, limits, mode, stats[loc], cpu), chunk):
                 rows.append(row)
                 hashing.advance()
             part = _frame(rows)

@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from leakage_pipeline.storage.locations import GCS_SCHEME, gcs_client, is_gcs
 
 GCS_DEFAULT_ENDPOINT = "https://storage.googleapis.com"
+# Concurrent GCS downloads: a read mostly waits on the network, so more reads than CPU workers are in
+# flight (the CPU work after each read stays limited to the workers); within the 10 connections per
+# host that the client's HTTP session keeps.
+GCS_READ_THREADS = 8
 # The preflight's whole budget per bucket, retries included: long enough for a slow first
 # connection, short enough that a wrong endpoint fails before any work instead of minutes later.
 GCS_PREFLIGHT_SECONDS = 5.0
@@ -121,15 +128,31 @@ def stat_many(locations: list[str]) -> dict[str, ObjectStat | None]:
     return stats
 
 
-def read_bytes(location: str) -> bytes:
+@contextmanager
+def reading_pool(locations: list[str], workers: int) -> Iterator[tuple[ThreadPoolExecutor, threading.Semaphore]]:
+    """Threads to read ``locations`` and work on each, and the semaphore each holds for its CPU work.
+
+    ``workers`` threads, or :data:`GCS_READ_THREADS` when any location is on GCS, so the network's
+    waits overlap; the semaphore keeps the CPU work (and its memory) to ``workers`` at a time.
+    """
+    gcs = any(is_gcs(location) for location in locations)
+    with ThreadPoolExecutor(max_workers=max(1, workers, GCS_READ_THREADS if gcs else 0)) as pool:
+        yield pool, threading.BoundedSemaphore(max(1, workers))
+
+
+def read_bytes(location: str, generation: str | None = None) -> bytes:
+    """The object's bytes; with ``generation`` (a GCS object's, as listed), exactly that generation:
+    one request, and the bytes are those of the version the cache key records."""
     if is_gcs(location):
         from google.api_core.exceptions import NotFound
 
         bucket, name = _split_gcs(location)
         try:
-            return gcs_client().bucket(bucket).blob(name).download_as_bytes()
+            blob = gcs_client().bucket(bucket).blob(name, generation=int(generation) if generation else None)
+            return blob.download_as_bytes()
         except NotFound as error:
-            raise ImageMissing(f"{location} does not exist") from error
+            gone = f" at generation {generation}" if generation else ""
+            raise ImageMissing(f"{location} does not exist{gone}") from error
     try:
         return Path(location).read_bytes()
     except FileNotFoundError as error:

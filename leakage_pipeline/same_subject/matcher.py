@@ -11,6 +11,7 @@ import hashlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,9 +106,11 @@ class _Decoded:
     keypoints: Keypoints | None
 
 
-def _decode(location: str, size: int | None, keypoint_settings: KeypointSettings | None) -> _Decoded | None:
+def _decode(location: str, size: int | None, keypoint_settings: KeypointSettings | None,
+            cpu: AbstractContextManager) -> _Decoded | None:
     try:
-        with open_image(image_source.read_bytes(location)) as image:
+        data = image_source.read_bytes(location)
+        with cpu, open_image(data) as image:
             image.load()
             return _Decoded(
                 embedding_input(image, size) if size else None,
@@ -179,10 +182,10 @@ def run_same_subject(images: pl.DataFrame, split_order: list[str], directory: Pa
     to_decode = [loc for loc in readable["location"].to_list() if loc in need_pixels or loc in need_keypoints]
 
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=max(1, settings.workers)) as pool:
+    with image_source.reading_pool(to_decode, settings.workers) as (pool, cpu):
         decoded = dict(zip(to_decode, pool.map(
             lambda loc: _decode(loc, settings.embedding.image_size if loc in need_pixels else None,
-                                settings.keypoints if loc in need_keypoints else None), to_decode), strict=True))
+                                settings.keypoints if loc in need_keypoints else None, cpu), to_decode), strict=True))
     cost["decode_and_keypoints_seconds"] = time.perf_counter() - started
     undecodable = {loc for loc, item in decoded.items() if item is None}
     if undecodable:
