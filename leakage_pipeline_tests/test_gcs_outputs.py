@@ -11,6 +11,7 @@ import time
 import dagster as dg
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from leakage_pipeline.defs.assets import build_audit_assets
 from leakage_pipeline.defs.dataset import DEFAULT_SPLITS, Dataset
@@ -18,8 +19,9 @@ from leakage_pipeline.defs.dataset_defs import build_dataset_defs, shared_resour
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
 from leakage_pipeline.output_lock import LOCK_FILE, output_lock
 from leakage_pipeline.runner import AuditFailed, run_audit
+from leakage_pipeline.storage.files import read_parquet
 from leakage_pipeline.storage.locations import use_gcs_client
-from leakage_pipeline_tests.conftest import free_port, write_image
+from leakage_pipeline_tests.conftest import canonical_json, free_port, write_image
 from leakage_pipeline_tests.gcs_emulator import generation_preconditions_enforced
 
 
@@ -64,6 +66,33 @@ def test_the_whole_audit_reads_and_writes_only_the_bucket(bucket, tmp_path, monk
     report = json.loads(bucket.blob("audits/ward/report/leakage_audit.json").download_as_text())
     assert report["verdict"]["per_reason"]["exact_copy"] == 1
     assert str(outcome.files.report_json) == "gs://team/audits/ward/report/leakage_audit.json"
+
+
+def test_an_audit_all_in_the_bucket_has_the_figures_of_the_same_audit_on_local_disk(bucket, small_demo, tmp_path):
+    """The demo's splits with every kind of planted leak: manifest, images and outputs in the bucket, against
+    the same files on local disk; every figure, pair and flagged image the same, up to where the files are."""
+    data = small_demo.parent
+    for path in data.rglob("*"):
+        if path.is_file():
+            bucket.blob(f"demo/{path.relative_to(data).as_posix()}").upload_from_filename(str(path))
+    local = run_audit(AuditSettings(manifest_path=str(small_demo), output_dir=str(tmp_path / "out")))
+    remote = run_audit(AuditSettings(manifest_path="gs://team/demo/manifest.csv", output_dir="gs://team/audits/demo",
+                                     scratch_dir=str(tmp_path / "scratch")))
+
+    def same_places(text: str) -> str:
+        return text.replace(str(local.files.root), "gs://team/audits/demo").replace(str(data), "gs://team/demo")
+
+    for name in ("report_json", "flagged_test_images"):
+        here, there = (json.loads(getattr(outcome.files, name).read_text()) for outcome in (local, remote))
+        assert canonical_json(json.loads(same_places(json.dumps(here)))) == canonical_json(there), name
+    report = json.loads(remote.files.report_json.read_text())
+    assert report["verdict"]["per_reason"]["exact_copy"] > 0 and {row["split"] for row in report["coverage"]} == {
+        "train", "val", "test"}
+    for name in ("near_duplicate_pairs", "identities"):
+        here, there = (read_parquet(getattr(outcome.files, name)) for outcome in (local, remote))
+        text_columns = [column for column, kind in here.schema.items() if kind == pl.String]
+        here = here.with_columns(pl.col(text_columns).str.replace(str(data), "gs://team/demo", literal=True))
+        assert_frame_equal(here.sort(here.columns), there.sort(there.columns), check_row_order=False), name
 
 
 def test_new_images_in_the_bucket_start_a_run_that_hashes_only_them(bucket, tmp_path):
