@@ -12,7 +12,7 @@ from PIL import Image
 
 from leakage_pipeline.demo.synthetic_dataset import DemoSpec, build_demo_dataset
 from leakage_pipeline.storage.locations import gcs_client, use_gcs_client
-from leakage_pipeline_tests.gcs_emulator import generation_preconditions_enforced
+from leakage_pipeline_tests.gcs_emulator import generation_preconditions_enforced, without_emulator_artifacts
 
 SMALL_DEMO = DemoSpec(patients=70, images_per_patient=(2, 4), seed=3, scale=0.4)
 
@@ -96,6 +96,7 @@ def gcs_emulator(monkeypatch):
     and returns it."""
     from gcp_storage_emulator.server import create_server
 
+    without_emulator_artifacts(monkeypatch.setattr)
     port = free_port()
     server = create_server("127.0.0.1", port, in_memory=True)
     server.start()

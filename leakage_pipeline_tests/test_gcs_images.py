@@ -41,12 +41,25 @@ def test_an_image_is_one_download_at_its_listed_generation_and_read_afresh_if_re
     listed = image_source.stat_many([location])[location]
     assert image_source.read_bytes(location, listed.version) == first
     bucket.blob("ct/0.png").upload_from_string(second)  # rewritten between the listing and the read
-    row = hash_image(location, listed=listed)
-    assert row["status"] == STATUS_OK
-    assert (row["sha256"], row["version"]) == (hashlib.sha256(second).hexdigest(),
-                                               str(bucket.get_blob("ct/0.png").generation))
+    fetched = image_source.read_batch([location], [listed.version])[location]
+    assert isinstance(fetched, image_source.ImageMissing)
+    for row in (hash_image(location, listed=listed), hash_image(location, listed=listed, fetched=fetched)):
+        assert row["status"] == STATUS_OK
+        assert (row["sha256"], row["version"]) == (hashlib.sha256(second).hexdigest(),
+                                                   str(bucket.get_blob("ct/0.png").generation))
     bucket.blob("ct/0.png").delete()
     assert hash_image(location, listed=listed)["status"] == STATUS_MISSING
+
+
+def test_a_read_the_network_fails_is_a_named_error_within_its_bound_never_an_unreadable_image(monkeypatch):
+    _point_client_at(monkeypatch, free_port())  # nothing listens there
+    monkeypatch.setattr(image_source, "GCS_READ_SECONDS", 2.0)
+    started = time.monotonic()
+    with pytest.raises(image_source.StorageUnreachable, match=r"cannot read gs://scans/x\.png at http://127\.0\.0\.1:\d+ "
+                                                                r"within 2 s, retries included"):
+        image_source.read_batch(["gs://scans/x.png"], ["1"])
+    assert time.monotonic() - started < 10
+    use_gcs_client(None)
 
 
 def test_audit_reads_a_manifest_whose_images_are_in_gcs(bucket, tmp_path):
