@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from leakage_pipeline.output_lock import LOCK_FILE, OutputLocked, output_lock
+from leakage_pipeline.storage.output_lock import LOCK_FILE, OutputLocked, output_lock
 
 HOLD = """
 import sys, time
-from leakage_pipeline.output_lock import output_lock
+from leakage_pipeline.storage.output_lock import output_lock
 with output_lock(sys.argv[1], run_id=sys.argv[3] or None):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))
@@ -82,6 +82,7 @@ def test_the_steps_of_one_run_share_the_lock_and_other_runs_are_refused(tmp_path
     assert (tmp_path / LOCK_FILE).read_text() == ""
 
 
+@pytest.mark.slow
 def test_two_cli_audits_on_one_output_directory_never_mix(small_demo, tmp_path):
     """The hostile pass: run A printed run B's test count and the folder held B's manifest beside A's
     hashes. Now the second run refuses (naming the first) or waits; it never writes beside it."""
