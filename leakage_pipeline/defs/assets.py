@@ -100,13 +100,22 @@ def split_integrity(step: Step) -> dg.MaterializeResult:
     })
 
 
-def _previous_hashes(files: OutputFiles, split: str) -> pl.DataFrame | None:
-    """Last finished hashes of the split plus any chunks a killed run left behind."""
+def _previous_hashes(step: Step, split: str) -> pl.DataFrame | None:
+    """Last finished hashes of the split plus any chunks a killed run left behind. A cache file that
+    cannot be read (truncated, overwritten) is only a cache: its images are hashed again."""
+    files = step.files
     sources = [files.image_hashes(split)] if files.image_hashes(split).exists() else []
     progress = files.hash_progress(split)
     if progress.exists():
         sources += sorted(progress.glob("*.parquet"))
-    return pl.concat([read_parquet(p) for p in sources], how="diagonal_relaxed") if sources else None
+    frames = []
+    for source in sources:
+        try:
+            frames.append(read_parquet(source))
+        except (pl.exceptions.PolarsError, OSError) as error:
+            step.log.warning(f"hash cache {source} is unreadable ({type(error).__name__}: {error}); "
+                             "its images are hashed again")
+    return pl.concat(frames, how="diagonal_relaxed") if frames else None
 
 
 def _chunk_writer(folder: UPath, run_token: str) -> Callable[[pl.DataFrame], None]:
@@ -130,7 +139,7 @@ def hash_split(step: Step, split: str) -> dict:
     in_progress = files.hash_progress(split)
     in_progress.mkdir(parents=True, exist_ok=True)
     run_token = secrets.token_hex(4)  # this run's checkpoint names never collide with another's
-    run = hash_images(locations, _previous_hashes(files, split), workers=step.audit.hash_workers,
+    run = hash_images(locations, _previous_hashes(step, split), workers=step.audit.hash_workers,
                       checkpoint=_chunk_writer(in_progress, run_token), mode=step.audit.hash_mode,
                       verify=_verifies_cache(step), progress=ProgressReporter(step.log.info, f"hashing {split}"))
     write_parquet(run.hashes, files.image_hashes(split))

@@ -12,18 +12,31 @@ from dataclasses import fields
 
 import dagster as dg
 from dagster_gcp import GCSResource
+from pydantic import ConfigDict, Field, field_validator
 
 from leakage_pipeline.audit.image_source import check_gcs_reachable
 from leakage_pipeline.audit.manifest import ColumnMapping, LocationRules
-from leakage_pipeline.audit.perceptual_hash import HASH_MODE_EXACT
+from leakage_pipeline.audit.perceptual_hash import HASH_BITS, HASH_MODE_EXACT, HASH_MODES
 from leakage_pipeline.audit.report import ReportSettings
-from leakage_pipeline.audit.splitting import POLICY_KEEP, SplitPlan
+from leakage_pipeline.audit.splitting import POLICY_KEEP, SPLIT_POLICIES, SplitPlan
+from leakage_pipeline.defs.output_files import OutputFiles
 from leakage_pipeline.output_lock import output_lock
-from leakage_pipeline.storage.locations import check_location, is_gcs, use_gcs_client
-from leakage_pipeline.training.settings import TrainSettings
+from leakage_pipeline.storage.files import OutputUnusable, check_writable_folder
+from leakage_pipeline.storage.locations import check_location, is_gcs, location, use_gcs_client
+from leakage_pipeline.training.settings import ARCHITECTURES, TrainSettings
 
 _TRAIN_DEFAULTS = TrainSettings()
 _REPORT_DEFAULTS = ReportSettings()
+# A misspelt key (``max_radus: 4``) must fail where the settings are made, not leave the default in force.
+_STRICT = ConfigDict(extra="forbid")
+_DEVICE = r"^(auto|cpu|mps|cuda(:\d+)?)$"
+
+
+def one_of(field: str, value: str, allowed: tuple[str, ...]) -> str:
+    """``value`` when it is one of ``allowed``; else a ValueError naming the field and the allowed values."""
+    if value not in allowed:
+        raise ValueError(f"{field}={value!r}: expected one of {', '.join(allowed)}")
+    return value
 
 
 class AuditSettings(dg.ConfigurableResource):
@@ -37,26 +50,52 @@ class AuditSettings(dg.ConfigurableResource):
     schedules read only and take no lock.
     """
 
+    model_config = _STRICT
+
     manifest_path: str
     output_dir: str
     image_root: str | None = None  # relative image URIs live here; default: the manifest's folder
     columns: str = ""  # "image_uri=path,patient_id=pid,..." when the manifest's names differ
     split_policy: str = POLICY_KEEP
-    split_fractions: list[float] = [0.7, 0.15, 0.15]
-    seed: int = 0
-    max_radius: int = 8
-    radii: list[int] = list(_REPORT_DEFAULTS.radii)  # the threshold table's radii
-    hash_workers: int = 2
+    split_fractions: list[float] = Field(default=[0.7, 0.15, 0.15], min_length=2)  # each split's share, summing to 1
+    seed: int = Field(default=0, ge=0)
+    max_radius: int = Field(default=8, ge=0, le=HASH_BITS)
+    radii: list[int] = list(_REPORT_DEFAULTS.radii)  # the threshold table's radii, each 0 to 64
+    hash_workers: int = Field(default=2, ge=1)
     hash_mode: str = HASH_MODE_EXACT  # or "fast": JPEGs decoded at reduced scale, hashes near the exact ones
-    montage_per_reason: int = 6  # montage examples of each leak reason
+    montage_per_reason: int = Field(default=6, ge=0)  # montage examples of each leak reason
     allow_outside_root: bool = False  # image URIs may name files outside the image root
     resolve_symlinks: bool = False  # a symlinked image and its target are one image
     verify_cache: bool = False  # re-hash every image and report cached hashes that were stale
     # Under a gs:// output root, training works on local copies of its image stores and models here
     # (default: the system's temp folder) and puts the results under the root.
     scratch_dir: str | None = None
-    lock_wait_seconds: float = 30.0  # how long a run waits for another run on the same output directory
+    lock_wait_seconds: float = Field(default=30.0, ge=0)  # how long a run waits for another run on the same output directory
     same_subject: bool = True  # the same-subject stage (it also skips itself where it cannot calibrate)
+
+    @field_validator("split_policy")
+    @classmethod
+    def _known_policy(cls, policy: str) -> str:
+        return one_of("split_policy", policy, SPLIT_POLICIES)
+
+    @field_validator("hash_mode")
+    @classmethod
+    def _known_hash_mode(cls, mode: str) -> str:
+        return one_of("hash_mode", mode, HASH_MODES)
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _fractions_sum_to_one(cls, fractions: list[float]) -> list[float]:
+        if min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+            raise ValueError(f"split_fractions={fractions}: each at least 0, summing to 1")
+        return fractions
+
+    @field_validator("radii")
+    @classmethod
+    def _radii_in_range(cls, radii: list[int]) -> list[int]:
+        if not radii or not all(0 <= radius <= HASH_BITS for radius in radii):
+            raise ValueError(f"radii={radii}: at least one, each from 0 to {HASH_BITS}")
+        return radii
 
     @contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator["AuditSettings"]:
@@ -69,9 +108,14 @@ class AuditSettings(dg.ConfigurableResource):
 
     def check_storage(self) -> None:
         """Before any work: every location is a local path or gs:// URI, and each bucket answers within
-        seconds (:class:`StorageUnreachable` naming the endpoint otherwise)."""
+        seconds (:class:`StorageUnreachable` naming the endpoint otherwise); a local output directory can be
+        written, and no file the audit writes there is its manifest (:class:`OutputUnusable` otherwise)."""
         locations = [check_location(uri) for uri in (self.manifest_path, self.output_dir, self.image_root) if uri]
         check_gcs_reachable(locations)
+        check_writable_folder(self.output_dir)
+        if OutputFiles(self.output_dir).writes_over(location(self.manifest_path)):
+            raise OutputUnusable(f"the manifest {self.manifest_path} is where the audit writes its own files under "
+                                 f"{self.output_dir}; keep it outside, or choose another output directory")
 
     def column_mapping(self) -> ColumnMapping:
         return ColumnMapping.parse(self.columns)
@@ -99,19 +143,33 @@ class TrainingSettings(dg.ConfigurableResource):
     """How the leak-free and the leaky model are trained and evaluated (the same for both). The
     model's knobs and their defaults are :class:`TrainSettings`' own."""
 
-    image_size: int = 64
-    channels: int = 3  # 1 for grayscale
-    bootstrap_resamples: int = 1000
-    decode_workers: int = 2
+    model_config = _STRICT
+
+    image_size: int = Field(default=64, ge=8, le=1024)
+    channels: int = Field(default=3, ge=1, le=3)  # 1 for grayscale, 3 for RGB
+    bootstrap_resamples: int = Field(default=1000, ge=1)
+    decode_workers: int = Field(default=2, ge=1)
     architecture: str = _TRAIN_DEFAULTS.architecture  # small_cnn or resnet18
-    epochs: int = _TRAIN_DEFAULTS.epochs
-    batch_size: int = _TRAIN_DEFAULTS.batch_size
-    learning_rate: float = _TRAIN_DEFAULTS.learning_rate
-    weight_decay: float = _TRAIN_DEFAULTS.weight_decay
-    patience: int = _TRAIN_DEFAULTS.patience
-    seed: int = _TRAIN_DEFAULTS.seed
-    device: str = _TRAIN_DEFAULTS.device  # auto: CUDA when present
+    epochs: int = Field(default=_TRAIN_DEFAULTS.epochs, ge=1)
+    batch_size: int = Field(default=_TRAIN_DEFAULTS.batch_size, ge=1)
+    learning_rate: float = Field(default=_TRAIN_DEFAULTS.learning_rate, gt=0)
+    weight_decay: float = Field(default=_TRAIN_DEFAULTS.weight_decay, ge=0)
+    patience: int = Field(default=_TRAIN_DEFAULTS.patience, ge=1)
+    seed: int = Field(default=_TRAIN_DEFAULTS.seed, ge=0)
+    device: str = Field(default=_TRAIN_DEFAULTS.device, pattern=_DEVICE)  # auto (CUDA when present), cpu, cuda or cuda:N
     initial_weights: str | None = _TRAIN_DEFAULTS.initial_weights  # a state dict file; nothing is downloaded
+
+    @field_validator("channels")
+    @classmethod
+    def _grayscale_or_rgb(cls, channels: int) -> int:
+        if channels not in (1, 3):
+            raise ValueError(f"channels={channels}: expected 1 (grayscale) or 3 (RGB)")
+        return channels
+
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, architecture: str) -> str:
+        return one_of("architecture", architecture, ARCHITECTURES)
 
     def train_settings(self) -> TrainSettings:
         return TrainSettings(**{field.name: getattr(self, field.name) for field in fields(TrainSettings)})
