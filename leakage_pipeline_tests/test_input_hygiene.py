@@ -56,15 +56,18 @@ def test_the_readme_lists_every_dataset_yaml_key_with_its_type():
             assert f"`{key}`" in section, f"README's dataset YAML keys lack {model.__name__}.{key}"
 
 
-@pytest.fixture
-def tiny(tmp_path):
-    """Four images, one of them named with a leading space (a legal file name)."""
-    names = ["a.png", " a.png", "b.png", "c.png "]
+def _tiny(folder, names=("a.png", "b.png", "c.png", "d.png")):
     for index, name in enumerate(names):
-        write_image(tmp_path / name, index)
+        write_image(folder / name, index)
     rows = [{"image_uri": name, "patient_id": f"p{index}", "label": "x", "split": split}
             for index, (name, split) in enumerate(zip(names, SPLITS, strict=True))]
-    return write_manifest(tmp_path / "m.csv", rows)
+    return write_manifest(folder / "m.csv", rows)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """Four images: two in train, one in val, one in test."""
+    return _tiny(tmp_path)
 
 
 def _audit_cli(manifest, out, *extra) -> int:
@@ -119,18 +122,29 @@ def test_rows_with_another_scheme_are_refused_before_any_work_naming_the_row(tmp
         add_locations(frame, LocationRules(image_root=str(tmp_path)), str(manifest))
 
 
-def test_a_path_is_taken_as_written_and_a_corrupt_hash_cache_is_rebuilt(tiny, tmp_path):
-    frame = add_locations(load_manifest(tiny), LocationRules(image_root=str(tmp_path)), str(tiny))
-    assert frame["image_uri"].to_list() == ["a.png", " a.png", "b.png", "c.png "]
-    out = tmp_path / "out"
-    first = run_audit(AuditSettings(manifest_path=str(tiny), output_dir=str(out), same_subject=False))
-    hashes = pl.concat([pl.read_parquet(first.files.image_hashes(split)) for split in ("train", "val", "test")])
+def _hashes(outcome) -> pl.DataFrame:
+    return pl.concat([pl.read_parquet(outcome.files.image_hashes(split)) for split in ("train", "val", "test")])
+
+
+def test_a_path_is_taken_as_written(tmp_path):
+    names = ("a.png", " a.png", "b.png", "c.png ")  # legal file names: the spaces are theirs
+    manifest = _tiny(tmp_path, names)
+    frame = add_locations(load_manifest(manifest), LocationRules(image_root=str(tmp_path)), str(manifest))
+    assert frame["image_uri"].to_list() == list(names)
+    outcome = run_audit(AuditSettings(manifest_path=str(manifest), output_dir=str(tmp_path / "out"), same_subject=False))
+    hashes = _hashes(outcome)
     assert hashes["status"].to_list() == ["ok"] * 4  # " a.png" and "c.png " were read, not "missing"
     assert hashes["sha256"].n_unique() == 4
+
+
+def test_a_corrupt_hash_cache_is_named_and_rebuilt(tiny, tmp_path, capfd):
+    settings = AuditSettings(manifest_path=str(tiny), output_dir=str(tmp_path / "out"), same_subject=False)
+    first = run_audit(settings)
     cache = first.files.image_hashes("train")
     expected = pl.read_parquet(cache)
     cache.write_bytes(b"PAR1 not a parquet file at all PAR1")
-    second = run_audit(AuditSettings(manifest_path=str(tiny), output_dir=str(out), same_subject=False))
+    second = run_audit(settings)
     rebuilt = {event.partition: event.metadata["hashed"].value for event in second.materializations("image_hashes")}
-    assert rebuilt["train"] == 2 and rebuilt["test"] == 0  # the unreadable cache's images, hashed again
-    assert pl.read_parquet(cache).drop("hashed_at", strict=False).equals(expected.drop("hashed_at", strict=False))
+    assert rebuilt == {"train": 2, "val": 0, "test": 0}  # the unreadable cache's images, hashed again
+    assert pl.read_parquet(cache).equals(expected)
+    assert f"hash cache {cache} is unreadable" in capfd.readouterr().err  # the run log names it

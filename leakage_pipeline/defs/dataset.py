@@ -79,6 +79,13 @@ class Dataset(BaseModel):
     def test_split(self) -> str:
         return self.splits[-1]
 
+    @property
+    def pool(self) -> str:
+        """The concurrency pool of every step of the dataset: with the instance's pools at run granularity
+        and a limit of 1 (deploy/dagster.yaml), its runs (audit, training, backfill) queue one after another
+        instead of meeting at the output lock."""
+        return f"leakage_pipeline/{self.name}"
+
     def resource_key(self, kind: str) -> str:
         """The key of this dataset's ``audit`` or ``training`` resource."""
         return f"{self.name}_{kind}"

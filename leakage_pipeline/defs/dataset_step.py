@@ -90,7 +90,7 @@ def dataset_asset(
     @dg.asset(
         name=body.__name__, key_prefix=[dataset.name], group_name=f"{dataset.name}_{group}",
         deps=[asset_key(dataset, name) for name in deps], kinds=kinds, description=inspect.getdoc(body),
-        required_resource_keys=_resource_keys(dataset, resources),
+        required_resource_keys=_resource_keys(dataset, resources), pool=dataset.pool,
     )
     def _asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         return body(Step(context, dataset))
@@ -117,7 +117,8 @@ def dataset_asset_per_split(
 
     def split_step(split: str) -> dg.OpDefinition:
         @dg.op(name=f"{dataset.name}_{per_split.__name__}_{split}", ins={"after": dg.In(dg.Nothing)}, out=dg.Out(dg.Nothing),
-               required_resource_keys=required, description=f"{inspect.getdoc(per_split)} (split {split})")
+               required_resource_keys=required, description=f"{inspect.getdoc(per_split)} (split {split})",
+               pool=dataset.pool)
         def _split_step(context: dg.OpExecutionContext) -> None:
             if split not in context.partition_keys:
                 context.log.info(f"split {split} is not in this run")
@@ -127,7 +128,7 @@ def dataset_asset_per_split(
         return _split_step
 
     @dg.op(name=f"{dataset.name}_{finish.__name__}", ins={split: dg.In(dg.Nothing) for split in dataset.splits},
-           required_resource_keys=required)
+           required_resource_keys=required, pool=dataset.pool)
     def finish_step(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         step = Step(context, dataset)
         return finish(step, {split: read_json(step.files.split_step_summary(finish.__name__, split))
@@ -154,7 +155,7 @@ def dataset_check(
     """``body`` as an asset check on the dataset's asset ``asset``."""
 
     @dg.asset_check(asset=asset_key(dataset, asset), name=body.__name__, description=inspect.getdoc(body),
-                    required_resource_keys=_resource_keys(dataset, [AUDIT]))
+                    required_resource_keys=_resource_keys(dataset, [AUDIT]), pool=dataset.pool)
     def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         return body(Step(context, dataset))
 
