@@ -74,3 +74,18 @@ def test_the_sensor_waits_while_its_run_has_not_finished(tiny_manifest, tmp_path
             f"waiting for run {run.run_id} to finish before looking again")
         instance.report_run_canceled(run)
         assert [r.tags for r in tick(waiting.cursor).run_requests] == [request.tags]  # cancelled: asked again
+
+
+def test_a_run_without_split_partitions_is_refused_in_its_first_step_before_any_write(tiny_manifest, tmp_path):
+    out = tmp_path / "out"
+    definitions = _ward(AuditSettings(manifest_path=str(tiny_manifest), output_dir=str(out), same_subject=False))
+    with dg.instance_for_test() as instance:
+        result = definitions.resolve_job_def("ward_audit").execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    assert result.get_asset_materialization_events() == []  # nothing upstream was written either
+    (failure,) = [event for event in result.all_events if event.is_step_failure]
+    assert failure.step_key == "ward__manifest"
+    assert failure.step_failure_data.error.message.strip().endswith(
+        "this run has no split partitions, and ward/image_hashes is partitioned by split: launch it with a split or "
+        "a range of splits (choose them all to audit every split)")
+    assert not (out / "manifest.parquet").exists()

@@ -157,22 +157,23 @@ def image_hashes(step: Step, summaries: dict[str, dict]) -> dg.MaterializeResult
     reported (metadata and ``image_hashes/stale_cached_hashes.json``).
     """
     files = step.files
+    verifies = _verifies_cache(step)
     for split, summary in summaries.items():  # each split partition shows its own counts in the UI
+        stale = pl.DataFrame(summary["stale"], schema={**STALE_SCHEMA, "split": pl.String})
         step.context.add_asset_metadata({
             "dagster/row_count": summary["rows"], "hashed": summary["hashed"], "reused": summary["reused"],
             "status_counts": dg.MetadataValue.json(summary["status_counts"]),
             "path": dg.MetadataValue.path(str(files.image_hashes(split))),
+            **({"stale_cached_hashes": stale.height, "stale_examples": markdown_metadata(stale, 10)} if verifies else {}),
         }, partition_key=split)
     verification = {}
-    if _verifies_cache(step):
+    if verifies:
         stale = [entry for summary in summaries.values() for entry in summary["stale"]]
         write_json({"verified_at": datetime.now(UTC).isoformat(timespec="seconds"), "splits": list(summaries),
                     "stale_count": len(stale), "stale": stale}, files.stale_cached_hashes)
         if stale:
             step.log.warning(f"{len(stale)} cached hash(es) were stale; they are replaced now")
-        stale_frame = pl.DataFrame(stale, schema={**STALE_SCHEMA, "split": pl.String})
-        verification = {"stale_cached_hashes": len(stale), "stale_examples": markdown_metadata(stale_frame, 10),
-                        "verification": dg.MetadataValue.path(str(files.stale_cached_hashes))}
+        verification = {"verification": dg.MetadataValue.path(str(files.stale_cached_hashes))}
     status_counts = {status: sum(summary["status_counts"][status] for summary in summaries.values())
                      for status in STATUSES}
     step.log.info(f"hashed {sum(s['hashed'] for s in summaries.values())}, "

@@ -72,6 +72,24 @@ class Step:
         return self.context.log
 
 
+# A run covers partitions when it carries one of these tags (a partition, or a range of them).
+_PARTITION_TAGS = ("dagster/partition", "dagster/asset_partition_range_start")
+
+
+def _refuse_run_without_splits(context: "dg.AssetExecutionContext | dg.OpExecutionContext") -> None:
+    """Before any step writes: a run that materializes an asset partitioned by split must name its splits.
+    Launched without (the job, or "Materialize all", with no partition chosen) it would write the
+    unpartitioned assets and then fail in the first split step; it fails here, in its first step, instead."""
+    if any(tag in context.run.tags for tag in _PARTITION_TAGS):
+        return
+    layer = context.job_def.asset_layer
+    partitioned = sorted(key.to_user_string() for key in layer.selected_asset_keys if layer.get(key).partitions_def)
+    if partitioned:
+        raise dg.Failure(description=(
+            f"this run has no split partitions, and {', '.join(partitioned)} is partitioned by split: launch it "
+            "with a split or a range of splits (choose them all to audit every split)"), allow_retries=False)
+
+
 def _resource_keys(dataset: Dataset, resources: Sequence[str]) -> set[str]:
     """Every step may read or write gs:// locations, so each needs the GCS resource set up."""
     return {GCS} | {name if name in SHARED else dataset.resource_key(name) for name in resources}
@@ -93,6 +111,7 @@ def dataset_asset(
         required_resource_keys=_resource_keys(dataset, resources), pool=dataset.pool,
     )
     def _asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        _refuse_run_without_splits(context)
         return body(Step(context, dataset))
 
     return _asset
@@ -120,6 +139,7 @@ def dataset_asset_per_split(
                required_resource_keys=required, description=f"{inspect.getdoc(per_split)} (split {split})",
                pool=dataset.pool)
         def _split_step(context: dg.OpExecutionContext) -> None:
+            _refuse_run_without_splits(context)
             if split not in context.partition_keys:
                 context.log.info(f"split {split} is not in this run")
                 return
