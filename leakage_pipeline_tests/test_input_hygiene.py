@@ -4,6 +4,7 @@ answer naming what is wrong, and a path is taken as written."""
 
 import os
 
+import dagster as dg
 import polars as pl
 import pytest
 
@@ -148,3 +149,24 @@ def test_a_corrupt_hash_cache_is_named_and_rebuilt(tiny, tmp_path, capfd):
     assert rebuilt == {"train": 2, "val": 0, "test": 0}  # the unreadable cache's images, hashed again
     assert pl.read_parquet(cache).equals(expected)
     assert f"hash cache {cache} is unreadable" in capfd.readouterr().err  # the run log names it
+
+
+def test_owners_tags_code_references_and_retries_reach_the_assets(tmp_path):
+    from leakage_pipeline.defs.dataset_defs import build_dataset_defs, shared_resources
+    from leakage_pipeline.defs.dataset_step import IO_RETRY
+
+    path = _dataset_file(tmp_path, "owners: [imaging@example.org, 'team:radiology']\ntags: {tier: gold}\n")
+    definitions = dg.Definitions.merge(build_dataset_defs(load_dataset(path)), dg.Definitions(resources=shared_resources()))
+    graph = definitions.resolve_asset_graph()
+    for name in ("manifest", "image_hashes", "leakage_report", "training_images"):
+        spec = graph.get(dg.AssetKey(["ward", name]))
+        assert spec.owners == ["imaging@example.org", "team:radiology"] and spec.tags["tier"] == "gold"
+        (reference, *_) = spec.metadata["dagster/code_references"].code_references
+        assert os.path.exists(reference.file_path) and reference.line_number > 0
+    audit = definitions.resolve_job_def("ward_audit")
+    policies = {op.name: op.retry_policy for op in audit.graph.iterate_op_defs()}
+    assert policies["ward__manifest"] == policies["ward_hash_split_test"] == IO_RETRY
+    assert policies["ward__leakage_report"] is None
+    bad = _dataset_file(tmp_path, "owners: [bob]\n")
+    with pytest.raises(DatasetError, match=rf"dataset file {bad}: owners: Invalid owner 'bob'"):
+        load_dataset(bad)

@@ -335,7 +335,7 @@ def build_audit_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         return dataset_asset(dataset, body, group=GROUP, **spec)
 
     return [
-        asset(manifest, kinds={"polars", "parquet"}),
+        asset(manifest, kinds={"polars", "parquet"}, reads_storage=True),
         asset(split_assignments, deps=["manifest"], kinds={"polars", "parquet"}),
         asset(split_integrity, deps=["split_assignments"], kinds={"polars", "json"}),
         dataset_asset_per_split(dataset, hash_split, image_hashes, group=GROUP, after="split_assignments",

@@ -26,7 +26,7 @@ from typing import Any
 
 import dagster as dg
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
 from leakage_pipeline.defs.training_pod import TrainingPod
@@ -74,6 +74,15 @@ class Dataset(BaseModel):
         if bad:
             raise ValueError(f"split names {bad} may hold only letters, digits, _ and -")
         return splits
+
+    @field_validator("owners", "tags")
+    @classmethod
+    def _accepted_by_dagster(cls, value, info: ValidationInfo):
+        try:  # Dagster's own rules for an asset's owners and tags, checked here, where the file is named
+            dg.AssetSpec(key="dataset", **{info.field_name: list(value) if info.field_name == "owners" else value})
+        except dg.DagsterInvalidDefinitionError as error:
+            raise ValueError(str(error).replace(" for asset 'AssetKey(['dataset'])'", "")) from None
+        return value
 
     @property
     def test_split(self) -> str:
