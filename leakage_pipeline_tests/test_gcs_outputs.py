@@ -75,14 +75,17 @@ def test_new_images_in_the_bucket_start_a_run_that_hashes_only_them(bucket, tmp_
     definitions = dg.Definitions.merge(build_dataset_defs(dataset, audit=settings),
                                        dg.Definitions(resources=shared_resources()))
     sensor = definitions.resolve_sensor_def("ward_new_data")
+    instance = dg.DagsterInstance.ephemeral()
 
     def tick(cursor):
-        with dg.build_sensor_context(cursor=cursor, definitions=definitions,
+        with dg.build_sensor_context(cursor=cursor, definitions=definitions, instance=instance,
                                       resources={"ward_audit": settings, **shared_resources()}) as context:
             return sensor.evaluate_tick(context)
 
     first = tick(None)
-    run_audit(settings)
+    (request,) = first.run_requests  # the run it requests, as the daemon would launch it
+    assert definitions.resolve_job_def("ward_audit").execute_in_process(
+        instance=instance, tags={**request.tags, "dagster/run_key": request.run_key}).success
     assert tick(first.cursor).skip_message is not None
     rows = _rows(8)
     for row in rows:
