@@ -35,7 +35,7 @@ def _dataset_file(tmp_path, text: str):
     ("  split_fractions: [0.5, 0.6]\n", r"audit\.split_fractions: .*each at least 0, summing to 1"),
     ("training:\n  architecture: vgg\n", r"training\.architecture: .*expected one of small_cnn, resnet18"),
     ("training:\n  channels: 2\n", r"training\.channels: channels=2: expected 1 \(grayscale\) or 3 \(RGB\)"),
-    ("training:\n  device: gpu\n", r"training\.device: String should match pattern"),
+    ("training:\n  device: gpu\n", r"training\.device: device=.gpu.: expected auto, cpu, mps, cuda or cuda:N"),
     ("nightly_cron: '0 1 * * *'\n", r"nightly_cron: unknown key; the top level allows name, .*nightly_audit_cron"),
     ("new_data_interval_seconds: 0\n", r"new_data_interval_seconds: Input should be greater than or equal to 1"),
 ])
@@ -44,6 +44,19 @@ def test_a_dataset_yaml_refuses_unknown_keys_and_out_of_range_values_naming_file
     with pytest.raises(DatasetError, match=message) as raised:
         load_dataset(path)
     assert str(raised.value).startswith(f"dataset file {path}: ")
+
+
+def test_a_value_from_the_environment_is_checked_when_a_run_starts(tmp_path, monkeypatch):
+    path = _dataset_file(tmp_path, "  split_policy: {env: WARD_POLICY}\ntraining:\n  device: {env: WARD_DEVICE}\n")
+    dataset = load_dataset(path)  # the variables need not exist where the definitions load
+    assert isinstance(dataset.audit_settings().split_policy, dg.EnvVar)
+    monkeypatch.setenv("WARD_POLICY", "maybe")  # as Dagster makes the resource when a run starts
+    with pytest.raises(Exception, match="split_policy='maybe': expected one of keep, assign"):
+        with dataset.audit_settings().process_config_and_initialize_cm():
+            pass
+    monkeypatch.setenv("WARD_POLICY", "assign")
+    with dataset.audit_settings().process_config_and_initialize_cm() as settings:
+        assert settings.split_policy == "assign"
 
 
 def test_the_readme_lists_every_dataset_yaml_key_with_its_type():

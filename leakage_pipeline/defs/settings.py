@@ -6,6 +6,7 @@ launchpad; values a deployment supplies can be ``dg.EnvVar`` s.
 
 import os
 import posixpath
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import fields
@@ -29,12 +30,13 @@ _TRAIN_DEFAULTS = TrainSettings()
 _REPORT_DEFAULTS = ReportSettings()
 # A misspelt key (``max_radus: 4``) must fail where the settings are made, not leave the default in force.
 _STRICT = ConfigDict(extra="forbid")
-_DEVICE = r"^(auto|cpu|mps|cuda(:\d+)?)$"
+_DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
 
 
 def one_of(field: str, value: str, allowed: tuple[str, ...]) -> str:
-    """``value`` when it is one of ``allowed``; else a ValueError naming the field and the allowed values."""
-    if value not in allowed:
+    """``value`` when it is one of ``allowed``; else a ValueError naming the field and the allowed values.
+    A ``dg.EnvVar`` passes: its value is checked when a run starts and Dagster makes the resource with it."""
+    if not isinstance(value, dg.EnvVar) and value not in allowed:
         raise ValueError(f"{field}={value!r}: expected one of {', '.join(allowed)}")
     return value
 
@@ -73,12 +75,12 @@ class AuditSettings(dg.ConfigurableResource):
     lock_wait_seconds: float = Field(default=30.0, ge=0)  # how long a run waits for another run on the same output directory
     same_subject: bool = True  # the same-subject stage (it also skips itself where it cannot calibrate)
 
-    @field_validator("split_policy")
+    @field_validator("split_policy", mode="before")  # before: an EnvVar is still one here
     @classmethod
     def _known_policy(cls, policy: str) -> str:
         return one_of("split_policy", policy, SPLIT_POLICIES)
 
-    @field_validator("hash_mode")
+    @field_validator("hash_mode", mode="before")  # before: an EnvVar is still one here
     @classmethod
     def _known_hash_mode(cls, mode: str) -> str:
         return one_of("hash_mode", mode, HASH_MODES)
@@ -156,7 +158,7 @@ class TrainingSettings(dg.ConfigurableResource):
     weight_decay: float = Field(default=_TRAIN_DEFAULTS.weight_decay, ge=0)
     patience: int = Field(default=_TRAIN_DEFAULTS.patience, ge=1)
     seed: int = Field(default=_TRAIN_DEFAULTS.seed, ge=0)
-    device: str = Field(default=_TRAIN_DEFAULTS.device, pattern=_DEVICE)  # auto (CUDA when present), cpu, cuda or cuda:N
+    device: str = _TRAIN_DEFAULTS.device  # auto (CUDA when present), cpu, mps, cuda or cuda:N
     initial_weights: str | None = _TRAIN_DEFAULTS.initial_weights  # a state dict file; nothing is downloaded
 
     @field_validator("channels")
@@ -166,10 +168,17 @@ class TrainingSettings(dg.ConfigurableResource):
             raise ValueError(f"channels={channels}: expected 1 (grayscale) or 3 (RGB)")
         return channels
 
-    @field_validator("architecture")
+    @field_validator("architecture", mode="before")  # before: an EnvVar is still one here
     @classmethod
     def _known_architecture(cls, architecture: str) -> str:
         return one_of("architecture", architecture, ARCHITECTURES)
+
+    @field_validator("device", mode="before")  # before: an EnvVar is still one here
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not isinstance(device, dg.EnvVar) and not re.fullmatch(_DEVICE, device):
+            raise ValueError(f"device={device!r}: expected auto, cpu, mps, cuda or cuda:N")
+        return device
 
     def train_settings(self) -> TrainSettings:
         return TrainSettings(**{field.name: getattr(self, field.name) for field in fields(TrainSettings)})
