@@ -20,13 +20,13 @@ from leakage_pipeline.audit.manifest import ColumnMapping, LocationRules
 from leakage_pipeline.audit.perceptual_hash import HASH_BITS, HASH_MODE_EXACT, HASH_MODES
 from leakage_pipeline.audit.report import ReportSettings
 from leakage_pipeline.audit.splitting import POLICY_KEEP, SPLIT_POLICIES, SplitPlan
-from leakage_pipeline.defs.output_files import OutputFiles
-from leakage_pipeline.output_lock import output_lock
 from leakage_pipeline.storage.files import OutputUnusable, check_writable_folder
 from leakage_pipeline.storage.locations import check_location, is_gcs, location, use_gcs_client
-from leakage_pipeline.training.settings import ARCHITECTURES, TrainSettings
+from leakage_pipeline.storage.output_files import OutputFiles
+from leakage_pipeline.storage.output_lock import output_lock
+from leakage_pipeline.training.settings import ARCHITECTURES, ClassifierSettings
 
-_TRAIN_DEFAULTS = TrainSettings()
+_CLASSIFIER_DEFAULTS = ClassifierSettings()
 _REPORT_DEFAULTS = ReportSettings()
 # A misspelt key (``max_radus: 4``) must fail where the settings are made, not leave the default in force.
 _STRICT = ConfigDict(extra="forbid")
@@ -45,7 +45,7 @@ class AuditSettings(dg.ConfigurableResource):
     """Inputs and knobs of one leakage audit.
 
     Every step that uses these settings holds the output directory's lock (see
-    :mod:`leakage_pipeline.output_lock`) from the moment Dagster initialises the resource for it until
+    :mod:`leakage_pipeline.storage.output_lock`) from the moment Dagster initialises the resource for it until
     it is done, so each writing step, the training assets included, writes under it. The lock is
     taken with the run's id, so the steps of one run share it even when each runs in its own process
     or pod, while another run waits up to ``lock_wait_seconds`` and is then refused. Sensors and
@@ -142,8 +142,9 @@ class AuditSettings(dg.ConfigurableResource):
 
 
 class TrainingSettings(dg.ConfigurableResource):
-    """How the leak-free and the leaky model are trained and evaluated (the same for both). The
-    model's knobs and their defaults are :class:`TrainSettings`' own."""
+    """How the leak-free and the leaky model are trained and evaluated (the same for both), as a Dagster
+    resource: the image shape, decoding and evaluation, and every :class:`ClassifierSettings` field under its
+    name and with its default, handed to the trainer by :meth:`classifier_settings`."""
 
     model_config = _STRICT
 
@@ -151,15 +152,15 @@ class TrainingSettings(dg.ConfigurableResource):
     channels: int = Field(default=3, ge=1, le=3)  # 1 for grayscale, 3 for RGB
     bootstrap_resamples: int = Field(default=1000, ge=1)
     decode_workers: int = Field(default=2, ge=1)
-    architecture: str = _TRAIN_DEFAULTS.architecture  # small_cnn or resnet18
-    epochs: int = Field(default=_TRAIN_DEFAULTS.epochs, ge=1)
-    batch_size: int = Field(default=_TRAIN_DEFAULTS.batch_size, ge=1)
-    learning_rate: float = Field(default=_TRAIN_DEFAULTS.learning_rate, gt=0)
-    weight_decay: float = Field(default=_TRAIN_DEFAULTS.weight_decay, ge=0)
-    patience: int = Field(default=_TRAIN_DEFAULTS.patience, ge=1)
-    seed: int = Field(default=_TRAIN_DEFAULTS.seed, ge=0)
-    device: str = _TRAIN_DEFAULTS.device  # auto (CUDA when present), cpu, mps, cuda or cuda:N
-    initial_weights: str | None = _TRAIN_DEFAULTS.initial_weights  # a state dict file; nothing is downloaded
+    architecture: str = _CLASSIFIER_DEFAULTS.architecture  # small_cnn or resnet18
+    epochs: int = Field(default=_CLASSIFIER_DEFAULTS.epochs, ge=1)
+    batch_size: int = Field(default=_CLASSIFIER_DEFAULTS.batch_size, ge=1)
+    learning_rate: float = Field(default=_CLASSIFIER_DEFAULTS.learning_rate, gt=0)
+    weight_decay: float = Field(default=_CLASSIFIER_DEFAULTS.weight_decay, ge=0)
+    patience: int = Field(default=_CLASSIFIER_DEFAULTS.patience, ge=1)
+    seed: int = Field(default=_CLASSIFIER_DEFAULTS.seed, ge=0)
+    device: str = _CLASSIFIER_DEFAULTS.device  # auto (CUDA when present), cpu, mps, cuda or cuda:N
+    initial_weights: str | None = _CLASSIFIER_DEFAULTS.initial_weights  # a state dict file; nothing is downloaded
 
     @field_validator("channels")
     @classmethod
@@ -180,8 +181,8 @@ class TrainingSettings(dg.ConfigurableResource):
             raise ValueError(f"device={device!r}: expected auto, cpu, mps, cuda or cuda:N")
         return device
 
-    def train_settings(self) -> TrainSettings:
-        return TrainSettings(**{field.name: getattr(self, field.name) for field in fields(TrainSettings)})
+    def classifier_settings(self) -> ClassifierSettings:
+        return ClassifierSettings(**{field.name: getattr(self, field.name) for field in fields(ClassifierSettings)})
 
 
 class GcsStorage(GCSResource):

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from leakage_pipeline.devices import pick_device
 from leakage_pipeline.progress import ProgressReporter, start_progress
 from leakage_pipeline.training.metrics import macro_f1
 from leakage_pipeline.training.models import build_model, load_initial_weights
 from leakage_pipeline.training.preprocessing import Preprocessing
-from leakage_pipeline.training.settings import TrainSettings
+from leakage_pipeline.training.settings import ClassifierSettings
 
 # Images stay on the GPU when they take at most this share of its free memory.
 _DEVICE_RESIDENT_SHARE = 0.4
@@ -44,12 +45,6 @@ class TrainResult:
     @property
     def images_per_second(self) -> float:
         return float(np.median([epoch["images_per_second"] for epoch in self.history]))
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
 
 
 class DeviceImages:
@@ -112,7 +107,7 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
 
 def train_classifier(
     train: LabelledImages, val: LabelledImages, num_classes: int, preprocessing: Preprocessing,
-    settings: TrainSettings, log: Callable[[str], None] = print, progress: ProgressReporter | None = None,
+    settings: ClassifierSettings, log: Callable[[str], None] = print, progress: ProgressReporter | None = None,
 ) -> TrainResult:
     """Train ``settings.architecture`` on ``train``; return the epoch with the best validation macro F1.
 
