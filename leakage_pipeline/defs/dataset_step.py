@@ -78,6 +78,7 @@ IO_RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL
 
 
 def _run_body(body: Callable, *args):
+    """``body(*args)``; a ValueError is bad input, so it fails the step without a retry."""
     try:
         return body(*args)
     except ValueError as error:
