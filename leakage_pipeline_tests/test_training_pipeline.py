@@ -14,6 +14,9 @@ from leakage_pipeline.runner import run_audit
 from leakage_pipeline.training.evaluation import LEAK_FREE_SHARED, LEAK_FREE_TEST, LEAKY_SHARED, LEAKY_TEST
 from leakage_pipeline.training.model_files import MODEL_FILE, PREPROCESSING_FILE
 
+# Each test trains through Dagster and Pipes: minutes on two cores.
+pytestmark = pytest.mark.slow
+
 TINY = TrainingSettings(image_size=16, epochs=2, batch_size=32, bootstrap_resamples=50)
 
 

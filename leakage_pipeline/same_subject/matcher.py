@@ -23,7 +23,7 @@ from PIL import UnidentifiedImageError
 from leakage_pipeline.audit import image_source
 from leakage_pipeline.audit.image_hashing import STATUS_OK
 from leakage_pipeline.audit.pixel_limit import open_image
-from leakage_pipeline.devices import pick_device
+from leakage_pipeline.devices import pick_device, reproducible
 from leakage_pipeline.same_subject import feature_cache
 from leakage_pipeline.same_subject.calibration import Calibration, CalibrationSettings, calibrate
 from leakage_pipeline.same_subject.candidate_search import SearchSettings, nearest
@@ -230,7 +230,9 @@ def load_or_train_embedder(train: pl.DataFrame, decoded: dict[str, Decoded], pla
     pixels = np.stack([decoded[loc].pixels for loc in locations])
     codes = train["patient_id"].rank("dense").to_numpy().astype(np.int64)
     log(f"training the same-subject embedding on {len(locations)} {train['split'][0]} images")
-    trained = train_embedding(pixels, codes, settings.embedding, log=log)
+    # The embedding decides which candidates are verified: the same on any core count (devices.reproducible).
+    with reproducible(pick_device(settings.embedding.device)):
+        trained = train_embedding(pixels, codes, settings.embedding, log=log)
     model = trained.model
     # Named by its weights: the same training gives the same id, so cached embeddings stay valid.
     model_tag = f"{settings.embedding.model_tag()}_{_weights_digest(model)}"
@@ -248,8 +250,9 @@ def embed_new(plan: FeaturePlan, decoded: dict[str, Decoded], embedder: Embedder
     from leakage_pipeline.same_subject.embedding_model import embed
 
     locations = plan.embed_todo["location"].to_list()
-    vectors = embed(embedder.model, np.stack([decoded[loc].pixels for loc in locations]), embedder.device) \
-        if locations else np.zeros((0, settings.dimensions), np.float32)
+    with reproducible(embedder.device):
+        vectors = embed(embedder.model, np.stack([decoded[loc].pixels for loc in locations]), embedder.device) \
+            if locations else np.zeros((0, settings.dimensions), np.float32)
     return plan.embed_todo.select(feature_cache.KEY_COLUMNS).with_columns(
         pl.lit(embedder.info["model_id"]).alias(feature_cache.TAG),
         pl.Series("embedding", vectors, dtype=pl.Array(pl.Float32, settings.dimensions)))
