@@ -13,15 +13,13 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from leakage_pipeline.defs.assets import build_audit_assets
 from leakage_pipeline.defs.dataset import DEFAULT_SPLITS, Dataset
-from leakage_pipeline.defs.dataset_defs import shared_resources
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
 from leakage_pipeline.runner import AuditFailed, run_audit
 from leakage_pipeline.storage.files import read_parquet
 from leakage_pipeline.storage.locations import use_gcs_client
 from leakage_pipeline.storage.output_lock import LOCK_FILE, output_lock
-from leakage_pipeline_tests.conftest import canonical_json, free_port, new_data_sensor_ticks, write_image
+from leakage_pipeline_tests.conftest import canonical_json, free_port, new_data_sensor_ticks, run_as_the_daemon, write_image
 from leakage_pipeline_tests.gcs_emulator import generation_preconditions_enforced
 
 
@@ -100,10 +98,13 @@ def test_new_images_in_the_bucket_start_a_run_that_hashes_only_them(bucket, tmp_
     _upload_dataset(bucket, scratch, _rows(8))
     settings = AuditSettings(manifest_path="gs://team/scans/manifest.csv", output_dir="gs://team/audits/ward")
     dataset = Dataset(name="ward", splits=DEFAULT_SPLITS)
-    tick = new_data_sensor_ticks(dataset, settings)
+    instance = dg.DagsterInstance.ephemeral()
+    runs = []  # each run the sensor requests, as the daemon would launch it
+    tick = new_data_sensor_ticks(dataset, settings, instance,
+                                 lambda job, request: runs.append(run_as_the_daemon(job, request, instance)))
 
     first = tick(None)
-    run_audit(settings)
+    assert [run.success for run in runs] == [True]
     assert tick(first.cursor).skip_message is not None
     rows = _rows(8)
     for row in rows:
@@ -118,9 +119,9 @@ def test_new_images_in_the_bucket_start_a_run_that_hashes_only_them(bucket, tmp_
     second = tick(first.cursor)
     (request,) = second.run_requests
     assert request.partition_key == "test"
-    # The run the sensor starts: the audit job for the test partition only.
-    result = dg.materialize(build_audit_assets(dataset), partition_key=request.partition_key,
-                            resources={"ward_audit": settings, **shared_resources()})
+    # The run the sensor started: the audit job for the test partition only.
+    result = runs[-1]
+    assert result.success
     (hashes,) = [e.step_materialization_data.materialization for e in result.get_asset_materialization_events()
                  if e.asset_key == dg.AssetKey(["ward", "image_hashes"])]
     assert hashes.partition == "test" and hashes.metadata["hashed"].value == 2
