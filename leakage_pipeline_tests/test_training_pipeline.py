@@ -68,6 +68,15 @@ def test_both_models_train_through_pipes_and_are_evaluated(trained):
     assert "verdict" in _metadata(outcome, "model_evaluation")
 
 
+def test_each_training_images_partition_counts_its_own_split(trained):
+    outcome, _, _ = trained
+    counted = {event.partition: event.metadata["dagster/row_count"].value
+               for event in outcome.materializations("training_images")}
+    readable = {split: pl.read_parquet(outcome.files.image_hashes(split)).filter(pl.col("status") == "ok").height
+                for split in ("train", "val", "test")}
+    assert counted == readable and counted["train"] > counted["test"]
+
+
 def test_training_progress_comes_back_through_pipes(trained, progress_lines):
     finished = {line.label: line for line in map(parse_progress, progress_lines) if line.finished}
     for name in (LEAK_FREE, LEAKY):  # written by the training subprocess, relayed by Pipes to the run log
