@@ -8,8 +8,10 @@ from leakage_pipeline.audit.manifest import ColumnMapping, ManifestError, load_m
 from leakage_pipeline.audit.matching import cross_split_pairs
 from leakage_pipeline.audit.report import ReportSettings, build_report
 from leakage_pipeline.audit.report_markdown import report_markdown
+from leakage_pipeline.same_subject.matcher import run_same_subject
 from leakage_pipeline_tests.conftest import images_frame
 from leakage_pipeline_tests.test_leak_reasons import SPLITS, _same_subject_pairs, copy_of
+from leakage_pipeline_tests.test_same_subject_stage import _images, _settings, photographs  # noqa: F401 (a fixture)
 
 SETTINGS = ReportSettings(trusted_radius={"phash": 8, "dhash": 0})
 SUMMARY = {"status": "ran", "reason": None, "top_k": 20, "candidate_pairs": 1, "accepted_pairs": 1,
@@ -92,3 +94,21 @@ def test_demographic_columns_map_by_name_and_a_bad_age_is_refused_with_its_row(t
     manifest.write_text(manifest.read_text().replace("forty", "41"))
     frame = load_manifest(manifest, columns)
     assert frame.select("age", "sex", "body_site").rows() == [("40", "male", "back"), ("41", "f", "face")]
+
+
+def test_the_stage_finds_a_planted_reshot_filed_under_another_sex_and_the_report_lists_it(photographs, tmp_path):  # noqa: F811
+    """The real matcher on synthetic photographs: subject S5's re-shot, filed as NEW5 with the other sex."""
+    root, rows = photographs
+    images = _images(root, rows).with_columns(
+        age=pl.lit("50"), body_site=pl.lit("back"),
+        sex=pl.when(pl.col("patient_id") == "NEW5").then(pl.lit("female")).otherwise(pl.lit("male")),
+        row=pl.int_range(1, pl.len() + 1), case_id=pl.lit(None, pl.String), vendor=pl.lit(None, pl.String))
+    run = run_same_subject(images, SPLITS, tmp_path, _settings(), log=lambda _: None)
+    assert run.pairs.filter(pl.col("accepted") & (pl.col("query_patient_id") == "NEW5")).height
+    audited = build_report(images, cross_split_pairs(images, SPLITS, 8), check_split_integrity(images), SPLITS,
+                           SETTINGS, run.pairs, run.summary)
+    section = audited.report["link_demographics"]
+    conflicts = [link for link in section["link_rows"] if link["status"] == "conflict"]
+    assert [(c["patient_id"], c["linked_patient_id"], c["disagree"]) for c in conflicts] == [("NEW5", "S5", ["sex"])]
+    assert section["consistent"] == section["links"] - 1 >= 2  # the other re-shots under a new id agree
+    assert "NEW5_reshot.jpg" in report_markdown(audited.report)
