@@ -131,7 +131,8 @@ def _cost(summary: dict, files: OutputFiles, hnsw_rate: float, hnsw_references: 
     bytes_per_image = (files.same_subject_dir / "keypoints.parquet").stat().st_size / images + \
         (files.same_subject_dir / "embeddings.parquet").stat().st_size / images
     queries = MILLION * QUERY_SHARE
-    pairs = queries * summary["top_k"]
+    per_query = summary["top_k"] + summary.get("colour_top_k", 0)  # at most: colour adds only new candidates
+    pairs = queries * per_query
     steps_per_image = cost["embedding_training_seconds"] / summary["model"]["training_images"]
     projection = {
         "decode + keypoints": MILLION / keypoint_rate,
@@ -147,11 +148,11 @@ def _cost(summary: dict, files: OutputFiles, hnsw_rate: float, hnsw_references: 
             ["search (flat, this size)", f"{search_rate:.0f} queries/s", ""],
             [f"search (HNSW, {hnsw_references} references)", f"{hnsw_rate:.0f} queries/s",
              "its cost grows about with log N"],
-            ["verification", f"{verify_rate:.0f} pairs/s", f"{summary['top_k']} candidates per query"],
+            ["verification", f"{verify_rate:.0f} pairs/s", f"up to {per_query} candidates per query"],
             ["cache", f"{bytes_per_image / 1024:.1f} KiB/image", f"{bytes_per_image * MILLION / 2**30:.0f} GiB per 1M"]]
     rows += [[f"1M images: {step}", f"{seconds / 3600:.1f} h", "same cores"] for step, seconds in projection.items()]
     rows.append(["1M images: total", f"{sum(projection.values()) / 3600:.1f} h",
-                 f"{QUERY_SHARE:.0%} of images queried, {summary['top_k']} pairs each"])
+                 f"{QUERY_SHARE:.0%} of images queried, up to {per_query} pairs each"])
     return rows
 
 

@@ -1,4 +1,10 @@
-"""Candidate pairs: each later-split image's nearest earlier-split images by embedding (faiss).
+"""Candidate pairs: each later-split image's nearest earlier-split images by embedding (faiss), and by colour.
+
+The learned embedding proposes most re-shots, but a small shift in its weights (another CPU's float rounding in
+training) reorders its neighbours, and a re-shot just beyond its top k is lost before any verification. Each
+query's nearest images by a colour descriptor learned from nothing
+(:mod:`leakage_pipeline.same_subject.colour_descriptor`) are added to its list, so either one proposing an image
+suffices; verification decides either way.
 
 Embeddings are unit length, so inner product is cosine similarity. Up to ``exact_limit`` reference
 images the search is exact (a flat index, one matrix product per batch); beyond it an HNSW graph
@@ -19,6 +25,8 @@ class SearchSettings:
     # source of a re-shot is among the 20 nearest for 77% of re-shots and among the 30 nearest for
     # 90%, for half as many verifications again.
     top_k: int = 30
+    # Each query's nearest by colour, added to its embedding neighbours when not among them already.
+    colour_top_k: int = 10
     exact_limit: int = 200_000
     hnsw_neighbours: int = 32
     hnsw_search_depth: int = 128
@@ -57,3 +65,17 @@ def nearest(queries: np.ndarray, references: np.ndarray, k: int, settings: Searc
         similarity = np.pad(similarity, ((0, 0), (0, pad)))
         found = np.pad(found, ((0, 0), (0, pad)), constant_values=-1)
     return similarity, found
+
+
+def propose(query_embeddings: np.ndarray, reference_embeddings: np.ndarray, query_colours: np.ndarray,
+            reference_colours: np.ndarray, settings: SearchSettings = SearchSettings(),
+            exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(embedding cosine, reference index) of each query's candidates: its ``top_k`` nearest by embedding, then
+    those of its ``colour_top_k`` nearest by colour not among them; -1 pads missing or repeated ones."""
+    cosine, found = nearest(query_embeddings, reference_embeddings, settings.top_k, settings, exclude_self)
+    _, by_colour = nearest(query_colours, reference_colours, settings.colour_top_k, settings, exclude_self)
+    repeated = (by_colour[:, :, None] == found[:, None, :]).any(axis=2) | (by_colour < 0)
+    by_colour = np.where(repeated, -1, by_colour)
+    colour_cosine = np.einsum("qd,qkd->qk", query_embeddings, reference_embeddings[np.maximum(by_colour, 0)])
+    return (np.concatenate([cosine, np.where(repeated, 0, colour_cosine).astype(np.float32)], axis=1),
+            np.concatenate([found, by_colour], axis=1))

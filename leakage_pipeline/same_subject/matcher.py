@@ -23,7 +23,8 @@ from leakage_pipeline.audit.image_hashing import STATUS_OK
 from leakage_pipeline.audit.pixel_limit import open_image
 from leakage_pipeline.same_subject import feature_cache
 from leakage_pipeline.same_subject.calibration import Calibration, CalibrationSettings, calibrate
-from leakage_pipeline.same_subject.candidate_search import SearchSettings, nearest
+from leakage_pipeline.same_subject.candidate_search import SearchSettings, propose
+from leakage_pipeline.same_subject.colour_descriptor import COLOUR_DIMENSIONS, COLOUR_TAG, colour_descriptors
 from leakage_pipeline.same_subject.embedding import EmbeddingSettings, embedding_input
 from leakage_pipeline.same_subject.geometric_verification import (
     Keypoints,
@@ -168,9 +169,10 @@ def run_same_subject(images: pl.DataFrame, split_order: list[str], directory: Pa
     model_info = _model_is_current(files, settings, int(train_mask.sum()))
     retrain = model_info is None
     model_tag = None if retrain else model_info["model_id"]
+    # Colour descriptors come from the same pixels as the embeddings and are cached beside them.
     cached_embeddings, embed_todo = (feature_cache.split_by_cache(readable, None, "") if retrain else
                                      feature_cache.split_by_cache(readable, feature_cache.read_cache(files.embeddings),
-                                                                  model_tag))
+                                                                  f"{model_tag}_{COLOUR_TAG}"))
     keypoint_tag = settings.keypoints.cache_tag()
     cached_keypoints, keypoint_todo = feature_cache.split_by_cache(
         readable, feature_cache.read_cache(files.keypoints), keypoint_tag)
@@ -226,17 +228,21 @@ def run_same_subject(images: pl.DataFrame, split_order: list[str], directory: Pa
     # 4. Embeddings of the images not cached under this model.
     embed_locations = [loc for loc in embed_todo["location"].to_list() if loc not in undecodable]
     started = time.perf_counter()
-    vectors = embed(model, np.stack([decoded[loc].pixels for loc in embed_locations]), device) if embed_locations \
-        else np.zeros((0, settings.embedding.dimensions), np.float32)
+    size = settings.embedding.image_size
+    pixels = np.stack([decoded[loc].pixels for loc in embed_locations]) if embed_locations else \
+        np.zeros((0, 3, size, size), np.uint8)
+    vectors, colours = embed(model, pixels, device), colour_descriptors(pixels)
     cost["embedding_seconds"] = time.perf_counter() - started
     new_embeddings = embed_todo.filter(pl.col("location").is_in(embed_locations)).select(
         feature_cache.KEY_COLUMNS).with_columns(
-        pl.lit(model_tag).alias(feature_cache.TAG),
-        pl.Series("embedding", vectors, dtype=pl.Array(pl.Float32, settings.embedding.dimensions)))
+        pl.lit(f"{model_tag}_{COLOUR_TAG}").alias(feature_cache.TAG),
+        pl.Series("embedding", vectors, dtype=pl.Array(pl.Float32, settings.embedding.dimensions)),
+        pl.Series("colour", colours, dtype=pl.Array(pl.Float32, COLOUR_DIMENSIONS)))
     embedding_table = feature_cache.store(cached_embeddings, new_embeddings, files.embeddings)
-    embedding_of = dict(zip(embedding_table["location"].to_list(), embedding_table["embedding"].to_numpy(),
-                            strict=True))
-    matrix = np.stack([embedding_of[loc] for loc in readable["location"].to_list()]).astype(np.float32)
+    row_of = {loc: index for index, loc in enumerate(embedding_table["location"].to_list())}
+    order = [row_of[loc] for loc in readable["location"].to_list()]
+    matrix = embedding_table["embedding"].to_numpy()[order].astype(np.float32)
+    colour_matrix = embedding_table["colour"].to_numpy()[order].astype(np.float32)
 
     # 5. Candidates: each later split against every earlier one; calibration pairs within training.
     started = time.perf_counter()
@@ -248,7 +254,8 @@ def run_same_subject(images: pl.DataFrame, split_order: list[str], directory: Pa
         references = np.flatnonzero(np.isin(splits, split_order[:position]))
         if not len(queries) or not len(references):
             continue
-        similarity, found = nearest(matrix[queries], matrix[references], settings.search.top_k, settings.search)
+        similarity, found = propose(matrix[queries], matrix[references], colour_matrix[queries],
+                                    colour_matrix[references], settings.search)
         valid = found >= 0
         query_index.append(np.repeat(queries, valid.sum(axis=1)))
         reference_index.append(references[found[valid]])
@@ -259,8 +266,8 @@ def run_same_subject(images: pl.DataFrame, split_order: list[str], directory: Pa
     wanted = max(settings.min_calibration_queries, queries_searched)
     sample = np.sort(np.random.default_rng(settings.seed).choice(train_rows, min(wanted, len(train_rows)),
                                                                  replace=False))
-    similarity, found = nearest(matrix[sample], matrix[train_rows], settings.search.top_k, settings.search,
-                                exclude_self=False)
+    similarity, found = propose(matrix[sample], matrix[train_rows], colour_matrix[sample], colour_matrix[train_rows],
+                                settings.search)
     cost["search_seconds"] = time.perf_counter() - started
     cost["search_queries"] = queries_searched + len(sample)
     calibration_a = np.repeat(sample, found.shape[1])
@@ -313,7 +320,7 @@ def run_same_subject(images: pl.DataFrame, split_order: list[str], directory: Pa
         "keypoints_extracted": new_keypoints.height, "keypoints_reused": cached_keypoints.height,
         "undecodable": len(undecodable),
         "model": {**model_info, "trained_now": retrain},
-        "top_k": settings.search.top_k,
+        "top_k": settings.search.top_k, "colour_top_k": settings.search.colour_top_k,
         "candidate_pairs": int(len(audit_q)),
         "accepted_pairs": int(accepted.sum()),
         "review_pairs": int(review.sum()),
