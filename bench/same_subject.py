@@ -131,13 +131,15 @@ def _cost(summary: dict, files: OutputFiles, hnsw_rate: float, hnsw_references: 
     bytes_per_image = (files.same_subject_dir / "keypoints.parquet").stat().st_size / images + \
         (files.same_subject_dir / "embeddings.parquet").stat().st_size / images
     queries = MILLION * QUERY_SHARE
-    per_query = summary["top_k"] + summary.get("colour_top_k", 0)  # at most: colour adds only new candidates
+    # At most: words and colour add only candidates the embedding did not propose.
+    per_query = summary["top_k"] + summary.get("words_top_k", 0) + summary.get("colour_top_k", 0)
     pairs = queries * per_query
     steps_per_image = cost["embedding_training_seconds"] / summary["model"]["training_images"]
     projection = {
         "decode + keypoints": MILLION / keypoint_rate,
         "embedding (inference)": MILLION / embed_rate,
         "embedding training (70% train, same epochs)": steps_per_image * MILLION * 0.7,
+        "visual words (vocabulary, quantisation)": MILLION * cost["visual_words_seconds"] / images,
         "search (HNSW)": queries / hnsw_rate,
         "verification": pairs / verify_rate,
     }

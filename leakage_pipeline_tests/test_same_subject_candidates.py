@@ -35,12 +35,12 @@ def test_colour_neighbours_join_the_embedding_neighbours_once():
     colours = np.eye(50, dtype=np.float32)
     # The query's embedding is nearest reference 0's, but its colour is reference 7's.
     query, query_colour = references[:1] + 0.01, colours[7:8]
-    settings = SearchSettings(top_k=5, colour_top_k=3)
-    cosine, found = propose(query, references, query_colour, colours, settings)
+    settings = SearchSettings(top_k=5)
+    cosine, found = propose(query, references, [(query_colour, colours, 3)], settings)
     assert found.shape == (1, 8) and found[0, 0] == 0 and 7 not in found[0, :5]
     assert found[0, 5] == 7 and np.isclose(cosine[0, 5], query[0] @ references[7])
     proposed = found[found >= 0]
     assert len(proposed) == len(set(proposed.tolist()))  # a reference proposed by both appears once
     # Colour proposing what the embedding already did adds nothing.
-    _, same = propose(query, references, colours[:1], colours, settings)
+    _, same = propose(query, references, [(colours[:1], colours, 3)], settings)
     assert (same[0, 5:] == -1).sum() >= 1 and same[0, 0] == 0

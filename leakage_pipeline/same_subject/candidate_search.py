@@ -2,9 +2,9 @@
 
 The learned embedding proposes most re-shots, but a small shift in its weights (another CPU's float rounding in
 training) reorders its neighbours, and a re-shot just beyond its top k is lost before any verification. Each
-query's nearest images by a colour descriptor learned from nothing
-(:mod:`leakage_pipeline.same_subject.colour_descriptor`) are added to its list, so either one proposing an image
-suffices; verification decides either way.
+query's nearest images by its bag of visual words (:mod:`leakage_pipeline.same_subject.visual_words`) and by a
+colour descriptor learned from nothing (:mod:`leakage_pipeline.same_subject.colour_descriptor`) are added to its
+list, so any one proposing an image suffices; verification decides either way.
 
 Embeddings are unit length, so inner product is cosine similarity. Up to ``exact_limit`` reference
 images the search is exact (a flat index, one matrix product per batch); beyond it an HNSW graph
@@ -25,7 +25,8 @@ class SearchSettings:
     # source of a re-shot is among the 20 nearest for 77% of re-shots and among the 30 nearest for
     # 90%, for half as many verifications again.
     top_k: int = 30
-    # Each query's nearest by colour, added to its embedding neighbours when not among them already.
+    # Each query's nearest by visual words, then by colour, added to its embedding neighbours when new.
+    words_top_k: int = 30
     colour_top_k: int = 10
     exact_limit: int = 200_000
     hnsw_neighbours: int = 32
@@ -67,15 +68,17 @@ def nearest(queries: np.ndarray, references: np.ndarray, k: int, settings: Searc
     return similarity, found
 
 
-def propose(query_embeddings: np.ndarray, reference_embeddings: np.ndarray, query_colours: np.ndarray,
-            reference_colours: np.ndarray, settings: SearchSettings = SearchSettings(),
+def propose(query_embeddings: np.ndarray, reference_embeddings: np.ndarray,
+            others: list[tuple[np.ndarray, np.ndarray, int]], settings: SearchSettings = SearchSettings(),
             exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(embedding cosine, reference index) of each query's candidates: its ``top_k`` nearest by embedding, then
-    those of its ``colour_top_k`` nearest by colour not among them; -1 pads missing or repeated ones."""
+    """(embedding cosine, reference index) of each query's candidates: its ``top_k`` nearest by embedding, then for
+    each other descriptor (query vectors, reference vectors, how many) its nearest by it not proposed already;
+    -1 pads missing or repeated ones."""
     cosine, found = nearest(query_embeddings, reference_embeddings, settings.top_k, settings, exclude_self)
-    _, by_colour = nearest(query_colours, reference_colours, settings.colour_top_k, settings, exclude_self)
-    repeated = (by_colour[:, :, None] == found[:, None, :]).any(axis=2) | (by_colour < 0)
-    by_colour = np.where(repeated, -1, by_colour)
-    colour_cosine = np.einsum("qd,qkd->qk", query_embeddings, reference_embeddings[np.maximum(by_colour, 0)])
-    return (np.concatenate([cosine, np.where(repeated, 0, colour_cosine).astype(np.float32)], axis=1),
-            np.concatenate([found, by_colour], axis=1))
+    for query_vectors, reference_vectors, k in others:
+        _, more = nearest(query_vectors, reference_vectors, k, settings, exclude_self)
+        repeated = (more[:, :, None] == found[:, None, :]).any(axis=2) | (more < 0)
+        more_cosine = np.einsum("qd,qkd->qk", query_embeddings, reference_embeddings[np.maximum(more, 0)])
+        cosine = np.concatenate([cosine, np.where(repeated, 0, more_cosine).astype(np.float32)], axis=1)
+        found = np.concatenate([found, np.where(repeated, -1, more)], axis=1)
+    return cosine, found

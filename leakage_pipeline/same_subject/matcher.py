@@ -33,6 +33,7 @@ from leakage_pipeline.same_subject.geometric_verification import (
     match,
     reduced_gray,
 )
+from leakage_pipeline.same_subject.visual_words import VocabularySettings, word_vectors
 from leakage_pipeline.storage.files import replace_atomically, write_json
 
 RAN, SKIPPED = "ran", "skipped"
@@ -62,6 +63,7 @@ class MatcherSettings:
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     keypoints: KeypointSettings = field(default_factory=KeypointSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
+    vocabulary: VocabularySettings = field(default_factory=VocabularySettings)
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
 
 
@@ -246,6 +248,14 @@ def run_same_subject(images: pl.DataFrame, split_order: list[str], directory: Pa
 
     # 5. Candidates: each later split against every earlier one; calibration pairs within training.
     started = time.perf_counter()
+    words = word_vectors([keypoints_of[loc].descriptors for loc in readable["location"].to_list()], train_mask,
+                         settings.vocabulary)
+    cost["visual_words_seconds"] = time.perf_counter() - started
+
+    def others(query_rows: np.ndarray, reference_rows: np.ndarray) -> list:
+        return [(words[query_rows], words[reference_rows], settings.search.words_top_k),
+                (colour_matrix[query_rows], colour_matrix[reference_rows], settings.search.colour_top_k)]
+
     query_index, reference_index, ranks, cosines = [], [], [], []
     splits = readable["split"].to_numpy()
     queries_searched = 0
@@ -254,8 +264,7 @@ def run_same_subject(images: pl.DataFrame, split_order: list[str], directory: Pa
         references = np.flatnonzero(np.isin(splits, split_order[:position]))
         if not len(queries) or not len(references):
             continue
-        similarity, found = propose(matrix[queries], matrix[references], colour_matrix[queries],
-                                    colour_matrix[references], settings.search)
+        similarity, found = propose(matrix[queries], matrix[references], others(queries, references), settings.search)
         valid = found >= 0
         query_index.append(np.repeat(queries, valid.sum(axis=1)))
         reference_index.append(references[found[valid]])
@@ -266,8 +275,7 @@ def run_same_subject(images: pl.DataFrame, split_order: list[str], directory: Pa
     wanted = max(settings.min_calibration_queries, queries_searched)
     sample = np.sort(np.random.default_rng(settings.seed).choice(train_rows, min(wanted, len(train_rows)),
                                                                  replace=False))
-    similarity, found = propose(matrix[sample], matrix[train_rows], colour_matrix[sample], colour_matrix[train_rows],
-                                settings.search)
+    similarity, found = propose(matrix[sample], matrix[train_rows], others(sample, train_rows), settings.search)
     cost["search_seconds"] = time.perf_counter() - started
     cost["search_queries"] = queries_searched + len(sample)
     calibration_a = np.repeat(sample, found.shape[1])
@@ -320,7 +328,8 @@ def run_same_subject(images: pl.DataFrame, split_order: list[str], directory: Pa
         "keypoints_extracted": new_keypoints.height, "keypoints_reused": cached_keypoints.height,
         "undecodable": len(undecodable),
         "model": {**model_info, "trained_now": retrain},
-        "top_k": settings.search.top_k, "colour_top_k": settings.search.colour_top_k,
+        "top_k": settings.search.top_k, "words_top_k": settings.search.words_top_k,
+        "colour_top_k": settings.search.colour_top_k,
         "candidate_pairs": int(len(audit_q)),
         "accepted_pairs": int(accepted.sum()),
         "review_pairs": int(review.sum()),
