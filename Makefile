@@ -7,7 +7,10 @@ STAMP := $(VENV)/.installed
 # CUDA index's pin) to keep a CUDA build. pyproject.toml only asks for torch>=2.9.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test test-deploy dev bench clean
+# Installs Debian packages (as root, else through sudo) when a program the tests use is missing.
+APT_INSTALL = $(if $(filter 0,$(shell id -u)),,sudo) sh -c 'apt-get update -qq && apt-get install -y -qq $(1)'
+
+.PHONY: demo test test-fast test-deploy system-packages dev bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,14 +22,24 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/leakage-pipeline demo
 
-test: $(STAMP)
+# The UI test drives Debian's Chromium (headless).
+system-packages:
+	command -v chromium >/dev/null || $(call APT_INSTALL,chromium)
+
+# Every tier, as CI runs it; the slowest tests are listed at the end.
+test: $(STAMP) system-packages
 	$(BIN)/ruff check leakage_pipeline leakage_pipeline_tests bench deploy
-	$(BIN)/python -m pytest -n 2 leakage_pipeline_tests
+	$(BIN)/python -m pytest -n 2 --durations=15 leakage_pipeline_tests
+
+# The quick tier for daily work: everything but the tests marked slow (whole demo, UI, kill -9, training).
+test-fast: $(STAMP)
+	$(BIN)/ruff check leakage_pipeline leakage_pipeline_tests bench deploy
+	$(BIN)/python -m pytest -n 2 --durations=15 -m "not slow" leakage_pipeline_tests
 
 # The deployment of deploy/ as real processes on 127.0.0.1 (Postgres from Debian's package, installed
 # when missing; it runs as an unprivileged user), driven through the webserver's GraphQL API.
 test-deploy: $(STAMP)
-	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update && apt-get install -y postgresql)
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || $(call APT_INSTALL,postgresql)
 	$(BIN)/python -m pytest -p no:cacheprovider -rA deploy/test_deploy.py
 
 # The Dagster UI on 127.0.0.1:3000 over the demo data (run `make demo` once first).

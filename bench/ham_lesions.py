@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from leakage_pipeline.defs.output_files import OutputFiles
+from leakage_pipeline.storage.output_files import OutputFiles
 
 DISTRACTOR_SHARES = {"train": 0.7, "val": 0.15, "test": 0.15}
 

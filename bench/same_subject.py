@@ -32,10 +32,10 @@ import numpy as np
 import polars as pl
 
 from leakage_pipeline.audit.report import informative_trusted_pairs
-from leakage_pipeline.defs.output_files import OutputFiles
 from leakage_pipeline.defs.settings import AuditSettings
 from leakage_pipeline.demo.synthetic_dataset import build_demo_dataset
 from leakage_pipeline.runner import run_audit
+from leakage_pipeline.storage.output_files import OutputFiles
 
 MILLION = 1_000_000
 QUERY_SHARE = 0.3  # val + test share of a dataset, for the projection

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from leakage_pipeline.training.models import build_model
 from leakage_pipeline.training.preprocessing import Preprocessing
-from leakage_pipeline.training.settings import RESNET18, SMALL_CNN, TrainSettings
+from leakage_pipeline.training.settings import RESNET18, SMALL_CNN, ClassifierSettings
 from leakage_pipeline.training.trainer import LabelledImages, train_classifier
 
 CLASSES = 5
@@ -75,7 +75,7 @@ class GpuUtilisation:
 def ours(data: LabelledImages, architecture: str, device: str, epochs: int, batch: int) -> tuple[float, float | None]:
     preprocessing = Preprocessing.for_shape(data.images.shape[-1], 3)
     val = LabelledImages(data.images[:64], data.labels[:64])
-    settings = TrainSettings(architecture=architecture, epochs=epochs, batch_size=batch, device=device,
+    settings = ClassifierSettings(architecture=architecture, epochs=epochs, batch_size=batch, device=device,
                              patience=epochs)
     with GpuUtilisation() as gpu:
         result = train_classifier(data, val, CLASSES, preprocessing, settings, log=lambda _: None)

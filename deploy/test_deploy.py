@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from google.cloud import storage
 
 from leakage_pipeline.defs.step_executor import STEP_EXECUTOR_ENV
 from leakage_pipeline.demo.synthetic_dataset import DemoSpec, build_demo_dataset
-from leakage_pipeline_tests.conftest import write_image
+from leakage_pipeline_tests.conftest import free_port, write_image
 
 # What the test knows about the pipeline, in one place: the deployment's own dataset, all in the bucket.
 LOCATION = "leakage_pipeline"
@@ -68,12 +67,6 @@ REPO = DEPLOY.parent
 BIN = Path(sys.executable).parent
 POSTGRES_USER = "nobody"  # postgres refuses to run as root
 DEMO = DemoSpec(patients=40, images_per_patient=(2, 4), seed=5, scale=0.4)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for(what: str, probe, timeout: float, interval: float = 0.5):

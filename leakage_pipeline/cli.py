@@ -22,11 +22,11 @@ from leakage_pipeline.audit.report_markdown import threshold_markdown
 from leakage_pipeline.audit.splitting import MOVED_WITH_IDENTITY, SPLIT_POLICIES
 from leakage_pipeline.defs.dataset import DATASETS_DIR, load_dataset
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
-from leakage_pipeline.output_lock import OutputLocked
 from leakage_pipeline.progress import ProgressDisplay, ProgressReporter
 from leakage_pipeline.runner import AuditFailed, AuditOutcome, run_audit
-from leakage_pipeline.storage.files import read_parquet
+from leakage_pipeline.storage.files import read_json, read_parquet
 from leakage_pipeline.storage.locations import UnsupportedLocation, check_location
+from leakage_pipeline.storage.output_lock import OutputLocked
 from leakage_pipeline.training.evaluation import summary_markdown
 from leakage_pipeline.training.model_files import Classifier, ModelFileError
 from leakage_pipeline.training.serving import DEFAULT_MAX_UPLOAD_BYTES, serve
@@ -107,8 +107,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _summary(outcome: AuditOutcome, trained: bool) -> str:
     files = outcome.files
-    report = json.loads(files.report_json.read_text())
-    leak_free = json.loads(files.leak_free.report_json.read_text())
+    report = read_json(files.report_json)
+    leak_free = read_json(files.leak_free.report_json)
     moved = read_parquet(files.leak_free.split_assignments).filter(
         pl.col("split_source") == MOVED_WITH_IDENTITY).height
     lines = [threshold_markdown(report), "", report["verdict"]["text"], "",
@@ -121,7 +121,7 @@ def _summary(outcome: AuditOutcome, trained: bool) -> str:
               f"Leak-free split's report: {files.leak_free.report_markdown}"]
     evaluation = files.evaluation_json
     if trained and not outcome.training_blocked:
-        summary = json.loads(evaluation.read_text())
+        summary = read_json(evaluation)
         lines += ["", summary_markdown(summary), "", summary["verdict"],
                   f"Evaluation: {files.evaluation_markdown}",
                   f"Models: {files.training_dir}/{{leak_free,leaky}}"]

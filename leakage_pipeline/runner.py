@@ -15,11 +15,11 @@ from leakage_pipeline.defs.checks import build_audit_checks, leak_free_split_is_
 from leakage_pipeline.defs.dataset import DEFAULT_SPLITS, Dataset
 from leakage_pipeline.defs.dataset_defs import dataset_resources, shared_resources
 from leakage_pipeline.defs.dataset_step import asset_key
-from leakage_pipeline.defs.output_files import OutputFiles
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
-from leakage_pipeline.output_lock import output_lock
 from leakage_pipeline.progress import parse_progress
 from leakage_pipeline.storage.locations import UnsupportedLocation
+from leakage_pipeline.storage.output_files import OutputFiles
+from leakage_pipeline.storage.output_lock import output_lock
 
 # The dataset name of a run started from the CLI or a script: the prefix of its asset keys.
 SCRIPT_DATASET = "audit"

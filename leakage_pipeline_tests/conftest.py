@@ -106,3 +106,23 @@ def gcs_emulator(monkeypatch):
         yield lambda name: gcs_client().create_bucket(name)
     use_gcs_client(None)
     server.stop()
+
+
+def new_data_sensor_ticks(dataset, settings):
+    """The dataset's new-data sensor with the dataset's own definitions, so it is evaluated as the daemon
+    evaluates it: a function from a cursor to that tick's result."""
+    import dagster as dg
+
+    from leakage_pipeline.defs.dataset_defs import build_dataset_defs, shared_resources
+    from leakage_pipeline.defs.dataset_step import AUDIT
+
+    definitions = dg.Definitions.merge(build_dataset_defs(dataset, audit=settings),
+                                       dg.Definitions(resources=shared_resources()))
+    sensor = definitions.resolve_sensor_def(f"{dataset.name}_new_data")
+
+    def tick(cursor: str | None):
+        resources = {dataset.resource_key(AUDIT): settings, **shared_resources()}
+        with dg.build_sensor_context(cursor=cursor, definitions=definitions, resources=resources) as context:
+            return sensor.evaluate_tick(context)
+
+    return tick

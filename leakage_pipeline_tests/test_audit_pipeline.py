@@ -14,11 +14,10 @@ from leakage_pipeline.definitions import defs as load_definitions
 from leakage_pipeline.defs.assets import VERIFY_CACHE_TAG
 from leakage_pipeline.defs.automation import partition_range_tags
 from leakage_pipeline.defs.dataset import DEFAULT_SPLITS, Dataset
-from leakage_pipeline.defs.dataset_defs import build_dataset_defs, shared_resources
 from leakage_pipeline.defs.settings import AuditSettings
 from leakage_pipeline.runner import AuditFailed, run_audit
 from leakage_pipeline.training.image_store import INDEX_SCHEMA
-from leakage_pipeline_tests.conftest import canonical_json, write_image
+from leakage_pipeline_tests.conftest import canonical_json, new_data_sensor_ticks, write_image
 
 EVERY_SPLIT = partition_range_tags(list(DEFAULT_SPLITS))
 
@@ -209,15 +208,7 @@ def test_new_data_sensor_requests_only_the_changed_split_partitions(small_demo, 
     manifest = data / "manifest.csv"
     settings = AuditSettings(manifest_path=str(manifest), output_dir=str(tmp_path / "out"))
     dataset = Dataset(name="ward", splits=DEFAULT_SPLITS)
-    # The dataset's own definitions, so the sensor is evaluated as the daemon evaluates it.
-    definitions = dg.Definitions.merge(build_dataset_defs(dataset, audit=settings),
-                                       dg.Definitions(resources=shared_resources()))
-    sensor = definitions.resolve_sensor_def("ward_new_data")
-
-    def evaluate(cursor):
-        with dg.build_sensor_context(cursor=cursor, definitions=definitions,
-                                      resources={"ward_audit": settings, **shared_resources()}) as context:
-            return sensor.evaluate_tick(context)
+    evaluate = new_data_sensor_ticks(dataset, settings)
 
     first = evaluate(None)  # nothing seen yet: every split
     assert [r.tags for r in first.run_requests] == [{**EVERY_SPLIT, "dagster/sensor_name": "ward_new_data"}]

@@ -1,12 +1,13 @@
 """deploy/'s files, checked by what runs here (no Docker daemon, no cluster, no Postgres: those are
 `make test-deploy`): they parse, Dagster's own schemas accept them, and they agree with each other."""
 
+import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import dagster as dg
+import jsonschema
 import pytest
 import yaml
 from dagster._config import process_config
@@ -145,13 +146,16 @@ def test_every_entry_point_starts_the_same_code_location():
     assert "USER dagster" in dockerfile and "ARG TORCH_VARIANT=cpu" in dockerfile
 
 
-def test_docker_compose_config_is_valid():
-    if shutil.which("docker") is None or subprocess.run(["docker", "compose", "version"],
-                                                        capture_output=True).returncode != 0:
-        pytest.skip("no docker compose client on this machine")
-    result = subprocess.run(["docker", "compose", "-f", str(DEPLOY / "docker-compose.yml"), "config", "--quiet"],
-                            capture_output=True, text=True, env={"DAGSTER_POSTGRES_PASSWORD": "x", "PATH": "/usr/bin"})
-    assert result.returncode == 0, result.stderr
+def test_docker_compose_file_follows_the_compose_specification():
+    """`docker compose config` needs a Docker client, which no Debian package of this release ships in a version
+    that reads today's compose files; the Compose Specification's own JSON schema (deploy/compose-spec.json, from
+    compose-spec/compose-spec) is what it validates against."""
+    schema = json.loads((DEPLOY / "compose-spec.json").read_text())
+    compose = load("docker-compose.yml")
+    jsonschema.validate(compose, schema)
+    misspelt = {**compose, "services": {**compose["services"], "webserver": {**compose["services"]["webserver"], "imagee": "x"}}}
+    with pytest.raises(jsonschema.ValidationError, match="imagee"):
+        jsonschema.validate(misspelt, schema)
 
 
 def test_under_the_helm_values_each_step_is_a_kubernetes_job(monkeypatch):

@@ -14,12 +14,12 @@ import pytest
 
 from leakage_pipeline.defs.assets import build_audit_assets
 from leakage_pipeline.defs.dataset import DEFAULT_SPLITS, Dataset
-from leakage_pipeline.defs.dataset_defs import build_dataset_defs, shared_resources
+from leakage_pipeline.defs.dataset_defs import shared_resources
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
-from leakage_pipeline.output_lock import LOCK_FILE, output_lock
 from leakage_pipeline.runner import AuditFailed, run_audit
 from leakage_pipeline.storage.locations import use_gcs_client
-from leakage_pipeline_tests.conftest import free_port, write_image
+from leakage_pipeline.storage.output_lock import LOCK_FILE, output_lock
+from leakage_pipeline_tests.conftest import free_port, new_data_sensor_ticks, write_image
 from leakage_pipeline_tests.gcs_emulator import generation_preconditions_enforced
 
 
@@ -71,15 +71,7 @@ def test_new_images_in_the_bucket_start_a_run_that_hashes_only_them(bucket, tmp_
     _upload_dataset(bucket, scratch, _rows(8))
     settings = AuditSettings(manifest_path="gs://team/scans/manifest.csv", output_dir="gs://team/audits/ward")
     dataset = Dataset(name="ward", splits=DEFAULT_SPLITS)
-    # The dataset's own definitions, so the sensor is evaluated as the daemon evaluates it.
-    definitions = dg.Definitions.merge(build_dataset_defs(dataset, audit=settings),
-                                       dg.Definitions(resources=shared_resources()))
-    sensor = definitions.resolve_sensor_def("ward_new_data")
-
-    def tick(cursor):
-        with dg.build_sensor_context(cursor=cursor, definitions=definitions,
-                                      resources={"ward_audit": settings, **shared_resources()}) as context:
-            return sensor.evaluate_tick(context)
+    tick = new_data_sensor_ticks(dataset, settings)
 
     first = tick(None)
     run_audit(settings)
@@ -161,7 +153,7 @@ def test_one_writer_per_gcs_output_root_shared_by_the_steps_of_a_run_and_a_dead_
 
 def _lock_from_another_process(root: str, run_id: str | None = None, while_held: str = "pass") -> subprocess.CompletedProcess:
     """The lock as another step or run takes it: another process (one process's own nested holds are shared)."""
-    code = ("from leakage_pipeline.output_lock import output_lock\n"
+    code = ("from leakage_pipeline.storage.output_lock import output_lock\n"
             "from leakage_pipeline.storage.locations import gcs_client\n"
             "read = lambda name: gcs_client().bucket('team').blob(name).download_as_text()\n"
             f"with output_lock({root!r}, wait_seconds=0.5, run_id={run_id!r}):\n    {while_held}")

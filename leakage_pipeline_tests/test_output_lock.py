@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from leakage_pipeline.output_lock import LOCK_FILE, OutputLocked, output_lock
+from leakage_pipeline.storage.output_lock import LOCK_FILE, OutputLocked, output_lock
 
 HOLD = """
 import sys, time
-from leakage_pipeline.output_lock import output_lock
+from leakage_pipeline.storage.output_lock import output_lock
 with output_lock(sys.argv[1], run_id=sys.argv[3] or None):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))

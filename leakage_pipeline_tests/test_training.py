@@ -11,7 +11,7 @@ from leakage_pipeline.audit.splitting import leaky_split, shared_patients
 from leakage_pipeline.training.image_store import UNDECODABLE, build_store, open_stores
 from leakage_pipeline.training.models import ResNet18, build_model, load_initial_weights
 from leakage_pipeline.training.preprocessing import Preprocessing
-from leakage_pipeline.training.settings import RESNET18, SMALL_CNN, TrainSettings
+from leakage_pipeline.training.settings import RESNET18, SMALL_CNN, ClassifierSettings
 from leakage_pipeline.training.trainer import LabelledImages, train_classifier
 from leakage_pipeline_tests.conftest import encode, write_image
 
@@ -89,7 +89,7 @@ def _two_class_images(n: int, seed: int) -> LabelledImages:
 def test_training_reduces_loss_and_is_deterministic_on_cpu():
     train, val = _two_class_images(96, 0), _two_class_images(32, 1)
     preprocessing = Preprocessing.for_shape(16, 1).with_statistics(train.images)
-    settings = TrainSettings(epochs=4, batch_size=16, device="cpu", seed=5)
+    settings = ClassifierSettings(epochs=4, batch_size=16, device="cpu", seed=5)
     logged = []
     first = train_classifier(train, val, 2, preprocessing, settings, logged.append)
     assert first.history[-1]["loss"] < first.history[0]["loss"]
@@ -111,3 +111,15 @@ def test_initial_weights_load_where_shapes_allow(tmp_path):
     with pytest.raises(ValueError, match="no weight matches"):
         load_initial_weights(build_model(SMALL_CNN, 1, 5), tmp_path / "resnet18.pt")
     assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 5)
+
+
+def test_the_training_resource_offers_every_classifier_knob_with_its_default():
+    from dataclasses import fields
+
+    from leakage_pipeline.defs.settings import TrainingSettings
+
+    resource = TrainingSettings()
+    assert resource.classifier_settings() == ClassifierSettings()
+    changed = TrainingSettings(epochs=3, architecture=RESNET18, initial_weights="w.pt").classifier_settings()
+    assert (changed.epochs, changed.architecture, changed.initial_weights) == (3, RESNET18, "w.pt")
+    assert {field.name for field in fields(ClassifierSettings)} <= set(TrainingSettings.model_fields)

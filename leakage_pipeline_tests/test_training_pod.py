@@ -15,13 +15,13 @@ from leakage_pipeline.defs.dataset_defs import build_dataset_defs, shared_resour
 from leakage_pipeline.defs.training_assets import TRAINING_POD_COMMAND
 from leakage_pipeline.defs.training_pod import TrainingPod
 from leakage_pipeline.storage.files import upload_tree
+from leakage_pipeline.storage.output_files import PREDICTIONS_FILE
 from leakage_pipeline.training.image_store import build_store
 from leakage_pipeline.training.model_files import MODEL_FILE, PREPROCESSING_FILE
 from leakage_pipeline.training.preprocessing import Preprocessing
-from leakage_pipeline.training.settings import TrainSettings
+from leakage_pipeline.training.settings import ClassifierSettings
 from leakage_pipeline.training.training_job import (
     HISTORY_FILE,
-    PREDICTIONS_FILE,
     TrainingJob,
     on_local_disk,
     run_training_job,
@@ -76,7 +76,7 @@ def test_the_pods_side_of_a_job_reads_and_writes_the_bucket(bucket, tmp_path):  
     job = TrainingJob(split_table="gs://team/out/training/leaky/split.parquet", store_dirs=tuple(stores),
                       class_names=("a", "b"), image_size=16, channels=3, train_split="train", val_split="val",
                       test_split="test", model_dir="gs://team/out/training/leaky",
-                      settings=TrainSettings(epochs=1, batch_size=8))
+                      settings=ClassifierSettings(epochs=1, batch_size=8))
     with on_local_disk(job) as local_job:
         assert not local_job.model_dir.startswith("gs://")
         summary = run_training_job(local_job, log=lambda line: None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -13,6 +14,9 @@ from leakage_pipeline.audit.pixel_limit import open_image
 from leakage_pipeline.storage.files import replace_atomically
 
 _THUMB = 160
+# (query image bytes, reference image bytes, thumbnail side) -> the pair's inlier keypoints, paired, in each
+# thumbnail's pixels; the same-subject stage's verification provides it, so this core does not import that stage.
+InlierLines = Callable[[bytes, bytes, int], list[tuple[tuple[float, float], tuple[float, float]]]]
 _CAPTION = 46
 _PAD = 8
 
@@ -29,21 +33,17 @@ def _thumbnail(location: str) -> Image.Image:
         return placeholder
 
 
-def _draw_matched_keypoints(draw: ImageDraw.ImageDraw, example: dict, left: tuple, right: tuple) -> None:
+def _draw_matched_keypoints(draw: ImageDraw.ImageDraw, example: dict, left: tuple, right: tuple,
+                            inlier_lines: InlierLines) -> None:
     """Lines between the verified pair's inlier keypoints, on the two thumbnails (verification repeated for
     this one pair: the audit keeps no keypoint coordinates per pair)."""
-    from leakage_pipeline.same_subject.geometric_verification import keypoints_of_bytes, match
-
     try:
-        query, reference = (keypoints_of_bytes(image_source.read_bytes(example[f"{prefix}location"]))
-                            for prefix in ("", "partner_"))
+        query, reference = (image_source.read_bytes(example[f"{prefix}location"]) for prefix in ("", "partner_"))
+        lines = inlier_lines(query, reference, _THUMB)
     except (OSError, ValueError, SyntaxError):
         return
-    found = match(query, reference)
-    # Both the thumbnail and the reduced image keep the original's aspect ratio and only ever shrink it.
-    scale_q, scale_r = (min(_THUMB, max(k.width, k.height)) / max(k.width, k.height) for k in (query, reference))
-    for (qx, qy), (rx, ry) in list(zip(found.query_points, found.reference_points))[:60]:
-        a, b = (left[0] + qx * scale_q, left[1] + qy * scale_q), (right[0] + rx * scale_r, right[1] + ry * scale_r)
+    for (qx, qy), (rx, ry) in lines[:60]:
+        a, b = (left[0] + qx, left[1] + qy), (right[0] + rx, right[1] + ry)
         draw.line([a, b], fill=(0, 200, 0), width=1)
         for x, y in (a, b):
             draw.ellipse([x - 2, y - 2, x + 2, y + 2], outline=(255, 220, 0))
@@ -59,9 +59,10 @@ def montage_examples(reasons: pl.DataFrame, images: pl.DataFrame, per_reason: in
     ]).join(sides, on="location", how="left", maintain_order="left")
 
 
-def write_montage(examples: pl.DataFrame, path: Path, columns: int = 2) -> int:
+def write_montage(examples: pl.DataFrame, path: Path, columns: int = 2, inlier_lines: InlierLines | None = None) -> int:
     """Draw each example (the leaked image left, its partner right), ``columns`` pairs per row, captioned
-    with the reason and its evidence. Returns how many were drawn; with none, a small image says so."""
+    with the reason and its evidence; a same-subject pair with lines between its inlier keypoints when
+    ``inlier_lines`` is given. Returns how many were drawn; with none, a small image says so."""
     font = ImageFont.load_default()
     cell_w, cell_h = 2 * _THUMB + 3 * _PAD, _THUMB + _CAPTION + 2 * _PAD
     rows = max(1, -(-examples.height // columns))
@@ -78,8 +79,9 @@ def write_montage(examples: pl.DataFrame, path: Path, columns: int = 2) -> int:
                 f"{example[f'{prefix}split']} | {example[f'{prefix}label']}\n{example[f'{prefix}patient_id']}"[:60],
                 fill=(0, 0, 0), font=font,
             )
-        if example["reason"] == SAME_SUBJECT:
-            _draw_matched_keypoints(draw, example, (x0 + _PAD, y0 + _PAD), (x0 + 2 * _PAD + _THUMB, y0 + _PAD))
+        if example["reason"] == SAME_SUBJECT and inlier_lines is not None:
+            _draw_matched_keypoints(draw, example, (x0 + _PAD, y0 + _PAD), (x0 + 2 * _PAD + _THUMB, y0 + _PAD),
+                                    inlier_lines)
         caption = example["reason"].replace("_", " ") + (
             f", {example['evidence'].split(',')[0]}" if example["reason"] == SAME_SUBJECT  # "N inliers"
             else "" if example["distance"] is None else f", distance {example['distance']}")

@@ -75,12 +75,57 @@ def link_demographics_markdown(section: dict | None) -> list[str]:
     return parts
 
 
+def _label_agreement_markdown(report: dict) -> list[str]:
+    """How far each hash's matched pairs agree on the label beyond chance, and which radius is trusted."""
+    agreement = report["label_agreement"]
+    parts = [
+        "## Label agreement of matched pairs",
+        f"Chance that two random images share a label: {agreement[0]['chance']:.3f}. "
+        "A hash whose pairs agree on the label barely more often than their own label mix predicts "
+        "(kappa near 0) is matching by coincidence. "
+        f"{report['blank_frames']['pairs_excluded']} pairs between "
+        f"{report['blank_frames']['images']} blank frames are left out: they match by construction.",
+        markdown_table(
+            ["criterion", "pairs", "same label", "chance (pair labels)", "kappa", "coincidental"],
+            [[_criterion(r), r["pairs"], r["same_label_share"], r["pair_chance"], r["kappa"],
+              "yes" if r["coincidental"] else ""] for r in agreement],
+        ),
+    ]
+    if report["coincidental_hashes"]:
+        parts.append(
+            f"**{', '.join(report['coincidental_hashes'])}** collides by coincidence at some radius on this data; "
+            "its matches beyond the trusted radius are not counted as leakage."
+        )
+    parts.append(
+        "Trusted radius: " + ", ".join(
+            f"{name} {'not trusted' if radius is None else f'≤ {radius}'}"
+            for name, radius in report["trusted_radius"].items()
+        ) + " (sha256 always)."
+    )
+    return parts
+
+
+def _patient_links_markdown(links: dict) -> list[str]:
+    """Patient ids tied into one identity by their images or case ids, and the pairs of them across splits."""
+    parts = ["## Patients linked across splits by their images",
+             f"{links['identities_with_several_ids']} identities hold more than one patient id (tied by exact "
+             "copies, trusted near-duplicates in any splits, or a shared case id)."]
+    parts.append(
+        markdown_table(
+            ["query patient", "split", "reference patient", "split", "query images", "pairs", "same label"],
+            [[r["query_patient_id"], r["query_split"], r["reference_patient_id"], r["reference_split"],
+              r["query_images"], r["matched_pairs"], r["same_label_share"]] for r in links["pairs"][:_SHOWN_ROWS]],
+        ) if links["pairs"] else "None."
+    )
+    if links["clusters"]:
+        parts.append("Clusters of more than two ids: " + "; ".join("{" + ", ".join(c) + "}" for c in links["clusters"]))
+    return parts
+
+
 def report_markdown(report: dict) -> str:
     verdict = report["verdict"]
     integrity = report["split_integrity"]
     counts = report["counts"]
-    agreement = report["label_agreement"]
-    links = report["patient_links"]
     parts = ["# Leakage audit"]
     if not report["patient_ids_given"]:
         parts.append("**Patient-level leakage cannot be checked:** the manifest gives no patient ids, so each image "
@@ -112,44 +157,9 @@ def report_markdown(report: dict) -> str:
     spanning = integrity["patients_spanning_splits"]["examples"]
     if spanning:
         parts.append(markdown_table(["patient", "splits", "images"], [[r["patient_id"], r["splits"], r["images"]] for r in spanning]))
-    parts += [
-        "## Threshold table: query images with a match in an earlier split",
-        threshold_markdown(report),
-        "## Label agreement of matched pairs",
-        f"Chance that two random images share a label: {agreement[0]['chance']:.3f}. "
-        "A hash whose pairs agree on the label barely more often than their own label mix predicts "
-        "(kappa near 0) is matching by coincidence. "
-        f"{report['blank_frames']['pairs_excluded']} pairs between "
-        f"{report['blank_frames']['images']} blank frames are left out: they match by construction.",
-        markdown_table(
-            ["criterion", "pairs", "same label", "chance (pair labels)", "kappa", "coincidental"],
-            [[_criterion(r), r["pairs"], r["same_label_share"], r["pair_chance"], r["kappa"],
-              "yes" if r["coincidental"] else ""] for r in agreement],
-        ),
-    ]
-    if report["coincidental_hashes"]:
-        parts.append(
-            f"**{', '.join(report['coincidental_hashes'])}** collides by coincidence at some radius on this data; "
-            "its matches beyond the trusted radius are not counted as leakage."
-        )
-    parts.append(
-        "Trusted radius: " + ", ".join(
-            f"{name} {'not trusted' if radius is None else f'≤ {radius}'}"
-            for name, radius in report["trusted_radius"].items()
-        ) + " (sha256 always)."
-    )
-    parts += ["## Patients linked across splits by their images",
-              f"{links['identities_with_several_ids']} identities hold more than one patient id (tied by exact "
-              "copies, trusted near-duplicates in any splits, or a shared case id)."]
-    parts.append(
-        markdown_table(
-            ["query patient", "split", "reference patient", "split", "query images", "pairs", "same label"],
-            [[r["query_patient_id"], r["query_split"], r["reference_patient_id"], r["reference_split"],
-              r["query_images"], r["matched_pairs"], r["same_label_share"]] for r in links["pairs"][:_SHOWN_ROWS]],
-        ) if links["pairs"] else "None."
-    )
-    if links["clusters"]:
-        parts.append("Clusters of more than two ids: " + "; ".join("{" + ", ".join(c) + "}" for c in links["clusters"]))
+    parts += ["## Threshold table: query images with a match in an earlier split", threshold_markdown(report)]
+    parts += _label_agreement_markdown(report)
+    parts += _patient_links_markdown(report["patient_links"])
     parts += same_subject_markdown(report.get("same_subject"))
     parts += link_demographics_markdown(report.get("link_demographics"))
     parts += [

@@ -4,8 +4,6 @@ Each asset calls the plain-Python core, writes its own file under the output dir
 returns a MaterializeResult whose metadata is what a person wants to see in the UI.
 """
 
-import base64
-import io
 import itertools
 import secrets
 from collections.abc import Callable
@@ -13,7 +11,6 @@ from datetime import UTC, datetime
 
 import dagster as dg
 import polars as pl
-from PIL import Image
 from upath import UPath
 
 from leakage_pipeline.audit.image_hashing import STALE_SCHEMA, STATUSES, hash_images
@@ -26,20 +23,19 @@ from leakage_pipeline.audit.montage import montage_examples, write_montage
 from leakage_pipeline.audit.report import AuditReport, ReportSettings, build_report
 from leakage_pipeline.audit.report_markdown import report_markdown, threshold_markdown
 from leakage_pipeline.audit.splitting import MOVED_WITH_IDENTITY, POLICY_ASSIGN, POLICY_KEEP, assign_splits, keep_splits
+from leakage_pipeline.defs.audit_inputs import load_audited_images, load_hashes, read_same_subject
 from leakage_pipeline.defs.dataset import Dataset
 from leakage_pipeline.defs.dataset_step import Step, dataset_asset, dataset_asset_per_split
-from leakage_pipeline.defs.output_files import OutputFiles
-from leakage_pipeline.markdown_tables import frame_markdown
+from leakage_pipeline.defs.metadata import markdown_metadata, montage_preview, rounded
+from leakage_pipeline.defs.same_subject_assets import same_subject_pairs
 from leakage_pipeline.progress import ProgressReporter
+from leakage_pipeline.same_subject.geometric_verification import inlier_lines
 from leakage_pipeline.storage.files import read_json, read_parquet, remove_tree, write_json, write_parquet, write_text
+from leakage_pipeline.storage.output_files import OutputFiles
 
 GROUP = "audit"
 # A run with this tag set to "true" verifies the hash cache, whatever its settings say.
 VERIFY_CACHE_TAG = "leakage/verify_cache"
-
-
-def markdown_metadata(frame: pl.DataFrame, limit: int = 20) -> dg.MarkdownMetadataValue:
-    return dg.MetadataValue.md(frame_markdown(frame, limit))
 
 
 def manifest(step: Step) -> dg.MaterializeResult:
@@ -172,19 +168,6 @@ def image_hashes(step: Step, summaries: dict[str, dict]) -> dg.MaterializeResult
     return dg.MaterializeResult(metadata={**verification, "hash_mode": step.audit.hash_mode})
 
 
-def load_hashes(files: OutputFiles, splits: list[str]) -> pl.DataFrame:
-    """The current hashes of every split."""
-    return pl.concat([read_parquet(files.image_hashes(split)) for split in splits
-                      if files.image_hashes(split).exists()])
-
-
-def load_audited_images(step: Step, assignments: pl.DataFrame | None = None) -> pl.DataFrame:
-    """Split assignments (default: the audited split's) joined with each image's hash row."""
-    if assignments is None:
-        assignments = read_parquet(step.files.split_assignments)
-    return assignments.join(load_hashes(step.files, step.splits), on="location", how="left", maintain_order="left")
-
-
 def near_duplicate_pairs(step: Step) -> dg.MaterializeResult:
     """Every cross-split pair with equal bytes or a pHash/dHash distance within the max radius."""
     files = step.files
@@ -212,7 +195,8 @@ def _write_report(audit_report: AuditReport, images: pl.DataFrame, files: Output
     write_text(report_markdown(report), files.report_markdown)
     write_json(audit_report.flagged.filter(pl.col("split") == step.dataset.test_split).to_dicts(),
                files.flagged_test_images)
-    return write_montage(montage_examples(audit_report.reasons, images, step.audit.montage_per_reason), files.montage)
+    return write_montage(montage_examples(audit_report.reasons, images, step.audit.montage_per_reason), files.montage,
+                         inlier_lines=inlier_lines)
 
 
 def _report_metadata(report: dict, files: OutputFiles, drawn: int) -> dict:
@@ -232,43 +216,40 @@ def _report_metadata(report: dict, files: OutputFiles, drawn: int) -> dict:
         "thresholds": dg.MetadataValue.md(threshold_markdown(report)),
         "report": dg.MetadataValue.md(report_markdown(report)),
         "montage_examples": drawn,
-        "montage": dg.MetadataValue.md(_montage_preview(files.montage)),
+        "montage": dg.MetadataValue.md(montage_preview(files.montage)),
         "report_dir": dg.MetadataValue.path(str(files.report_dir)),
     }
-
-
-def rounded(value: float | None, digits: int = 4) -> float | None:
-    """What a person compares in the UI (the JSON files keep every digit)."""
-    return None if value is None else round(value, digits)
-
-
-def _montage_preview(montage: UPath, width: int = 900) -> str:
-    """The montage as an inline image for the asset's page: at most ``width`` pixels wide, as a JPEG,
-    so the run's event log stays small; the full-size PNG is in the report folder."""
-    with Image.open(io.BytesIO(montage.read_bytes())) as sheet:
-        sheet = sheet.convert("RGB")
-        if sheet.width > width:
-            sheet = sheet.resize((width, round(sheet.height * width / sheet.width)), Image.Resampling.LANCZOS)
-        buffer = io.BytesIO()
-        sheet.save(buffer, format="JPEG", quality=80)
-    return f"![leak montage](data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()})"
 
 
 def leakage_report(step: Step) -> dg.MaterializeResult:
     """The audit's answer: coverage, thresholds, label agreement, identities, every leaked image with its
     reasons, a montage per reason, and the verdict."""
-    files = step.files
-    images = load_audited_images(step)
-    pairs = read_parquet(files.near_duplicate_pairs)
-    # Recomputed from the assignments (cheap, reads no image) rather than parsed back from JSON.
-    findings = check_split_integrity(read_parquet(files.split_assignments))
-    from leakage_pipeline.defs.same_subject_assets import read_same_subject  # that module imports this one
+    return _audit_and_report(step, leak_free=False)
 
-    audit_report = build_report(images, pairs, findings, step.splits, step.audit.report_settings(),
-                                *read_same_subject(files))
-    write_parquet(audit_report.identities, files.identities)
+
+def _audit_and_report(step: Step, leak_free: bool) -> dg.MaterializeResult:
+    """Audit one split and write its report. The audited split (``leak_free`` False) uses the pairs and same-subject
+    results of the earlier steps and writes the identities; the leak-free split is matched here and judged with the
+    audited split's trusted radii."""
+    files = step.files.leak_free if leak_free else step.files
+    # Split integrity is recomputed from the assignments (cheap, reads no image) rather than parsed back from JSON.
+    assignments = read_parquet(files.split_assignments)
+    images = load_audited_images(step, assignments)
+    if leak_free:
+        pairs = cross_split_pairs(images, step.splits, step.audit.max_radius,
+                                  ProgressReporter(step.log.info, "matching the leak-free split"))
+        write_parquet(pairs, files.near_duplicate_pairs)
+        trusted = read_json(step.files.report_json)["trusted_radius"]
+        settings = ReportSettings(radii=step.audit.report_settings().radii, trusted_radius=trusted)
+        same_subject = (None, None)
+    else:
+        pairs, settings = read_parquet(files.near_duplicate_pairs), step.audit.report_settings()
+        same_subject = read_same_subject(files)
+    audit_report = build_report(images, pairs, check_split_integrity(assignments), step.splits, settings, *same_subject)
+    if not leak_free:
+        write_parquet(audit_report.identities, files.identities)
     drawn = _write_report(audit_report, images, files, step)
-    step.log.info(audit_report.report["verdict"]["text"])
+    step.log.info(("leak-free split: " if leak_free else "") + audit_report.report["verdict"]["text"])
     return dg.MaterializeResult(metadata=_report_metadata(audit_report.report, files, drawn))
 
 
@@ -301,26 +282,12 @@ def leak_free_split(step: Step) -> dg.MaterializeResult:
 def leak_free_audit(step: Step) -> dg.MaterializeResult:
     """The leak-free split audited like any split, with the trusted radii of the audited split's report
     (so that what linked identities there is judged the same way here)."""
-    files = step.files
-    split = read_parquet(files.leak_free.split_assignments)
-    images = load_audited_images(step, split)
-    pairs = cross_split_pairs(images, step.splits, step.audit.max_radius,
-                              ProgressReporter(step.log.info, "matching the leak-free split"))
-    write_parquet(pairs, files.leak_free.near_duplicate_pairs)
-    trusted = read_json(files.report_json)["trusted_radius"]
-    settings = ReportSettings(radii=step.audit.report_settings().radii, trusted_radius=trusted)
-    audit_report = build_report(images, pairs, check_split_integrity(split), step.splits, settings)
-    drawn = _write_report(audit_report, images, files.leak_free, step)
-    step.log.info(f"leak-free split: {audit_report.report['verdict']['text']}")
-    return dg.MaterializeResult(metadata=_report_metadata(audit_report.report, files.leak_free, drawn))
+    return _audit_and_report(step, leak_free=True)
 
 
 def build_audit_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
     """The dataset's audit: manifest -> split -> hash (per split partition) -> match (hashes, and the
     same subject photographed again) -> report -> leak-free split."""
-    # Imported here: that module builds on this one's loaders.
-    from leakage_pipeline.defs.same_subject_assets import same_subject_pairs
-
     def asset(body, **spec):
         return dataset_asset(dataset, body, group=GROUP, **spec)
 

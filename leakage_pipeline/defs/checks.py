@@ -8,8 +8,8 @@ from leakage_pipeline.audit.image_hashing import STATUS_OK
 from leakage_pipeline.audit.report import VERDICT_CANNOT_VOUCH, VERDICT_NOTHING_TO_AUDIT
 from leakage_pipeline.defs.dataset import Dataset
 from leakage_pipeline.defs.dataset_step import Step, dataset_check
-from leakage_pipeline.defs.output_files import OutputFiles
 from leakage_pipeline.storage.files import read_json
+from leakage_pipeline.storage.output_files import OutputFiles
 
 
 def _report(files: OutputFiles) -> dict:

@@ -16,9 +16,9 @@ from functools import cached_property
 import dagster as dg
 
 from leakage_pipeline.defs.dataset import Dataset
-from leakage_pipeline.defs.output_files import OutputFiles
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
 from leakage_pipeline.storage.files import read_json, write_json
+from leakage_pipeline.storage.output_files import OutputFiles
 
 AUDIT = "audit"
 TRAINING = "training"

@@ -7,10 +7,10 @@ when the asset runs, never when Dagster loads the code location.
 import dagster as dg
 import polars as pl
 
-from leakage_pipeline.defs.assets import load_audited_images, markdown_metadata
+from leakage_pipeline.defs.audit_inputs import load_audited_images
 from leakage_pipeline.defs.dataset_step import Step
-from leakage_pipeline.defs.output_files import OutputFiles
-from leakage_pipeline.storage.files import read_json, read_parquet, write_json, write_parquet
+from leakage_pipeline.defs.metadata import markdown_metadata
+from leakage_pipeline.storage.files import write_json, write_parquet
 
 
 def same_subject_pairs(step: Step) -> dg.MaterializeResult:
@@ -54,10 +54,3 @@ def same_subject_pairs(step: Step) -> dg.MaterializeResult:
             "cosine", "inliers"), 10),
         "path": dg.MetadataValue.path(str(path)),
     })
-
-
-def read_same_subject(files: OutputFiles) -> tuple[pl.DataFrame | None, dict | None]:
-    """The stage's pairs and summary for the report, or (None, None) when it has not run here."""
-    if not files.same_subject_summary.exists():
-        return None, None
-    return read_parquet(files.same_subject_pairs), read_json(files.same_subject_summary)

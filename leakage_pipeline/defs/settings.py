@@ -18,11 +18,11 @@ from leakage_pipeline.audit.manifest import ColumnMapping, LocationRules
 from leakage_pipeline.audit.perceptual_hash import HASH_MODE_EXACT
 from leakage_pipeline.audit.report import ReportSettings
 from leakage_pipeline.audit.splitting import POLICY_KEEP, SplitPlan
-from leakage_pipeline.output_lock import output_lock
 from leakage_pipeline.storage.locations import check_location, is_gcs, use_gcs_client
-from leakage_pipeline.training.settings import TrainSettings
+from leakage_pipeline.storage.output_lock import output_lock
+from leakage_pipeline.training.settings import ClassifierSettings
 
-_TRAIN_DEFAULTS = TrainSettings()
+_CLASSIFIER_DEFAULTS = ClassifierSettings()
 _REPORT_DEFAULTS = ReportSettings()
 
 
@@ -30,7 +30,7 @@ class AuditSettings(dg.ConfigurableResource):
     """Inputs and knobs of one leakage audit.
 
     Every step that uses these settings holds the output directory's lock (see
-    :mod:`leakage_pipeline.output_lock`) from the moment Dagster initialises the resource for it until
+    :mod:`leakage_pipeline.storage.output_lock`) from the moment Dagster initialises the resource for it until
     it is done, so each writing step, the training assets included, writes under it. The lock is
     taken with the run's id, so the steps of one run share it even when each runs in its own process
     or pod, while another run waits up to ``lock_wait_seconds`` and is then refused. Sensors and
@@ -96,25 +96,26 @@ class AuditSettings(dg.ConfigurableResource):
 
 
 class TrainingSettings(dg.ConfigurableResource):
-    """How the leak-free and the leaky model are trained and evaluated (the same for both). The
-    model's knobs and their defaults are :class:`TrainSettings`' own."""
+    """How the leak-free and the leaky model are trained and evaluated (the same for both), as a Dagster
+    resource: the image shape, decoding and evaluation, and every :class:`ClassifierSettings` field under its
+    name and with its default, handed to the trainer by :meth:`classifier_settings`."""
 
     image_size: int = 64
     channels: int = 3  # 1 for grayscale
     bootstrap_resamples: int = 1000
     decode_workers: int = 2
-    architecture: str = _TRAIN_DEFAULTS.architecture  # small_cnn or resnet18
-    epochs: int = _TRAIN_DEFAULTS.epochs
-    batch_size: int = _TRAIN_DEFAULTS.batch_size
-    learning_rate: float = _TRAIN_DEFAULTS.learning_rate
-    weight_decay: float = _TRAIN_DEFAULTS.weight_decay
-    patience: int = _TRAIN_DEFAULTS.patience
-    seed: int = _TRAIN_DEFAULTS.seed
-    device: str = _TRAIN_DEFAULTS.device  # auto: CUDA when present
-    initial_weights: str | None = _TRAIN_DEFAULTS.initial_weights  # a state dict file; nothing is downloaded
+    architecture: str = _CLASSIFIER_DEFAULTS.architecture  # small_cnn or resnet18
+    epochs: int = _CLASSIFIER_DEFAULTS.epochs
+    batch_size: int = _CLASSIFIER_DEFAULTS.batch_size
+    learning_rate: float = _CLASSIFIER_DEFAULTS.learning_rate
+    weight_decay: float = _CLASSIFIER_DEFAULTS.weight_decay
+    patience: int = _CLASSIFIER_DEFAULTS.patience
+    seed: int = _CLASSIFIER_DEFAULTS.seed
+    device: str = _CLASSIFIER_DEFAULTS.device  # auto: CUDA when present
+    initial_weights: str | None = _CLASSIFIER_DEFAULTS.initial_weights  # a state dict file; nothing is downloaded
 
-    def train_settings(self) -> TrainSettings:
-        return TrainSettings(**{field.name: getattr(self, field.name) for field in fields(TrainSettings)})
+    def classifier_settings(self) -> ClassifierSettings:
+        return ClassifierSettings(**{field.name: getattr(self, field.name) for field in fields(ClassifierSettings)})
 
 
 class GcsStorage(GCSResource):

@@ -9,7 +9,7 @@
   environment and secrets; a run's config may set ``execution.config`` (``job_namespace``,
   ``step_k8s_config``, ``max_concurrent``).
 
-The steps of one run share the output root's lock (see :mod:`leakage_pipeline.output_lock`), and
+The steps of one run share the output root's lock (see :mod:`leakage_pipeline.storage.output_lock`), and
 they hand each other files under the output root, so every step needs to reach that root: under
 ``k8s`` it is a ``gs://`` location.
 """

@@ -14,7 +14,6 @@ import polars as pl
 from upath import UPath
 
 from leakage_pipeline.audit.splitting import leaky_split, shared_patients
-from leakage_pipeline.defs.assets import rounded
 from leakage_pipeline.defs.checks import leak_free_split_problems
 from leakage_pipeline.defs.dataset import Dataset
 from leakage_pipeline.defs.dataset_step import (
@@ -27,6 +26,7 @@ from leakage_pipeline.defs.dataset_step import (
     dataset_asset,
     dataset_asset_per_split,
 )
+from leakage_pipeline.defs.metadata import rounded
 from leakage_pipeline.progress import ProgressReporter
 from leakage_pipeline.storage.files import (
     download_tree,
@@ -116,7 +116,7 @@ def _train_through_pipes(step: Step, name: str, table: pl.DataFrame, metadata: d
     files, pod = step.files, step.training_pod
     described = dict(class_names=tuple(_class_names(table)), image_size=step.training.image_size,
                      channels=step.training.channels, train_split=train, val_split=val, test_split=test,
-                     settings=step.training.train_settings())
+                     settings=step.training.classifier_settings())
     if pod is None:  # a local process, on the local copies
         model_dir = files.local_copy(files.model_dir(name))
         split_table = write_parquet(table, files.local_copy(files.model_split_table(name)))

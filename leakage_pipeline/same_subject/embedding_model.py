@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from leakage_pipeline.devices import pick_device
 from leakage_pipeline.same_subject.embedding import EmbeddingSettings
-from leakage_pipeline.training.trainer import pick_device
 
 
 def _block(inputs: int, outputs: int, stride: int = 1) -> nn.Sequential:

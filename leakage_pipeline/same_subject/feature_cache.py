@@ -13,14 +13,14 @@ from pathlib import Path
 import polars as pl
 
 from leakage_pipeline.audit.image_hashing import CACHE_KEY, reusable_rows
-from leakage_pipeline.storage.files import write_parquet
+from leakage_pipeline.storage.files import read_parquet, write_parquet
 
 TAG = "tag"
 KEY_COLUMNS = [*CACHE_KEY, "status"]  # the hash row's key and status travel with each cached row
 
 
 def read_cache(path: Path) -> pl.DataFrame | None:
-    return pl.read_parquet(path) if path.exists() else None
+    return read_parquet(path) if path.exists() else None
 
 
 def split_by_cache(images: pl.DataFrame, previous: pl.DataFrame | None, tag: str) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -87,6 +87,18 @@ def keypoints_of_bytes(data: bytes, settings: KeypointSettings = KeypointSetting
         return extract_keypoints(reduced_gray(image, settings.max_side), settings)
 
 
+def inlier_lines(query: bytes, reference: bytes, thumbnail_side: int) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    """The inlier keypoints of the pair of encoded images, paired, in the pixels of each image's thumbnail
+    (shrunk to fit ``thumbnail_side``), for drawing the match."""
+    query_keypoints, reference_keypoints = keypoints_of_bytes(query), keypoints_of_bytes(reference)
+    found = match(query_keypoints, reference_keypoints)
+    # Both the thumbnail and the reduced image keep the original's aspect ratio and only ever shrink it.
+    scale_q, scale_r = (min(thumbnail_side, max(k.width, k.height)) / max(k.width, k.height)
+                        for k in (query_keypoints, reference_keypoints))
+    return [((qx * scale_q, qy * scale_q), (rx * scale_r, ry * scale_r))
+            for (qx, qy), (rx, ry) in zip(found.query_points, found.reference_points)]
+
+
 def _mirror_permutation() -> np.ndarray:
     """Index map from a descriptor to its mirror image's: grid rows reversed, orientation bins negated."""
     row, column, orientation = np.meshgrid(np.arange(_GRID), np.arange(_GRID), np.arange(_ORIENTATIONS),

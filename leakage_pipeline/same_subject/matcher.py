@@ -1,5 +1,6 @@
 """The same-subject stage end to end: features (cached), embedding model (kept between runs),
-candidates, verification, calibration, and the audited pairs with their decision.
+candidates, verification, calibration, and the audited pairs with their decision: one function
+per stage, and :func:`run_same_subject` calls them in order.
 
 Plain Python over polars frames and files under one working directory; the Dagster asset in
 :mod:`leakage_pipeline.defs.same_subject_assets` only calls :func:`run_same_subject` and writes its results.
@@ -8,10 +9,11 @@ Plain Python over polars frames and files under one working directory; the Dagst
 from __future__ import annotations
 
 import hashlib
-import json
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from PIL import UnidentifiedImageError
 from leakage_pipeline.audit import image_source
 from leakage_pipeline.audit.image_hashing import STATUS_OK
 from leakage_pipeline.audit.pixel_limit import open_image
+from leakage_pipeline.devices import pick_device, reproducible
 from leakage_pipeline.same_subject import feature_cache
 from leakage_pipeline.same_subject.calibration import Calibration, CalibrationSettings, calibrate
 from leakage_pipeline.same_subject.candidate_search import SearchSettings, propose
@@ -34,7 +37,7 @@ from leakage_pipeline.same_subject.geometric_verification import (
     reduced_gray,
 )
 from leakage_pipeline.same_subject.visual_words import VocabularySettings, word_vectors
-from leakage_pipeline.storage.files import replace_atomically, write_json
+from leakage_pipeline.storage.files import read_json, replace_atomically, write_json
 
 RAN, SKIPPED = "ran", "skipped"
 _SIDE = ("location", "image_uri", "patient_id", "label", "split")
@@ -74,7 +77,9 @@ class SameSubjectRun:
     calibration: Calibration | None
 
 
-class _Files:
+class StageFiles:
+    """The stage's files under its working directory: the feature caches and the kept embedding model."""
+
     def __init__(self, directory: Path):
         self.directory = directory
         self.embeddings = directory / "embeddings.parquet"
@@ -103,16 +108,17 @@ def eligibility(images: pl.DataFrame, split_order: list[str], settings: MatcherS
 
 
 @dataclass
-class _Decoded:
+class Decoded:
+    """What one image was decoded into."""
     pixels: np.ndarray | None  # the embedding input, when asked for
     keypoints: Keypoints | None
 
 
-def _decode(location: str, size: int | None, keypoint_settings: KeypointSettings | None) -> _Decoded | None:
+def _decode(location: str, size: int | None, keypoint_settings: KeypointSettings | None) -> Decoded | None:
     try:
         with open_image(image_source.read_bytes(location)) as image:
             image.load()
-            return _Decoded(
+            return Decoded(
                 embedding_input(image, size) if size else None,
                 extract_keypoints(reduced_gray(image, keypoint_settings.max_side), keypoint_settings)
                 if keypoint_settings else None)
@@ -120,11 +126,11 @@ def _decode(location: str, size: int | None, keypoint_settings: KeypointSettings
         return None
 
 
-def _model_is_current(files: _Files, settings: MatcherSettings, training_images: int) -> dict | None:
+def _model_is_current(files: StageFiles, settings: MatcherSettings, training_images: int) -> dict | None:
     """The kept model's info when it can still be used: same settings, training split not grown much."""
     if not (files.model.exists() and files.model_info.exists()):
         return None
-    info = json.loads(files.model_info.read_text())
+    info = read_json(files.model_info)
     if info.get("settings_tag") != settings.embedding.model_tag():
         return None
     if training_images > info["training_images"] * (1 + settings.retrain_growth):
@@ -140,202 +146,307 @@ def _weights_digest(model) -> str:
     return digest.hexdigest()[:12]
 
 
-def _verify_all(query: list[Keypoints], reference: list[Keypoints], settings: MatcherSettings):
-    import cv2
-
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)  # parallel over pairs instead: one pair per thread, every core busy
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, settings.workers)) as pool:
-            return list(pool.map(lambda pair: match(pair[0], pair[1], settings.keypoints), zip(query, reference),
-                                 chunksize=64))
-    finally:
-        cv2.setNumThreads(threads)
+@contextmanager
+def _timed(cost: dict[str, float], name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    cost[name] = time.perf_counter() - started
 
 
-def run_same_subject(images: pl.DataFrame, split_order: list[str], directory: Path,
-                     settings: MatcherSettings = MatcherSettings(), log=print) -> SameSubjectRun:
-    """``images``: the audited images (side columns, status and hash cache key per image)."""
-    reason = eligibility(images, split_order, settings)
-    if reason is not None:
-        return SameSubjectRun(empty_pairs(), {"status": SKIPPED, "reason": reason}, None)
-    from leakage_pipeline.same_subject.embedding_model import embed, load_model, save_model, train_embedding
+@dataclass(frozen=True)
+class FeaturePlan:
+    """Which features the caches still hold and which must be computed; a model trained now makes every
+    cached embedding stale (``model_info`` None)."""
+    model_info: dict | None  # the kept embedding model's, when it is still current
+    cached_embeddings: pl.DataFrame
+    embed_todo: pl.DataFrame
+    keypoint_tag: str
+    cached_keypoints: pl.DataFrame
+    keypoint_todo: pl.DataFrame
 
-    files = _Files(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    readable = images.filter(pl.col("status") == STATUS_OK).unique("location", keep="first", maintain_order=True)
-    train_mask = (readable["split"] == split_order[0]).to_numpy()
-    cost: dict[str, float] = {}
+    def without(self, locations: set[str]) -> FeaturePlan:
+        """The plan with ``locations`` (images that could not be decoded) dropped from what is computed."""
+        kept = ~pl.col("location").is_in(list(locations))
+        return replace(self, embed_todo=self.embed_todo.filter(kept), keypoint_todo=self.keypoint_todo.filter(kept))
 
-    # 1. Which features must be computed: the model decides whether every embedding is stale.
-    model_info = _model_is_current(files, settings, int(train_mask.sum()))
-    retrain = model_info is None
-    model_tag = None if retrain else model_info["model_id"]
-    # Colour descriptors come from the same pixels as the embeddings and are cached beside them.
-    cached_embeddings, embed_todo = (feature_cache.split_by_cache(readable, None, "") if retrain else
-                                     feature_cache.split_by_cache(readable, feature_cache.read_cache(files.embeddings),
-                                                                  f"{model_tag}_{COLOUR_TAG}"))
+
+def plan_features(readable: pl.DataFrame, training_images: int, files: StageFiles, settings: MatcherSettings) -> FeaturePlan:
+    """Stage 1: what the embedding and keypoint caches hold for ``readable``, and what must be computed."""
+    model_info = _model_is_current(files, settings, training_images)
+    if model_info is None:
+        cached_embeddings, embed_todo = feature_cache.split_by_cache(readable, None, "")
+    else:
+        # Colour descriptors come from the same pixels as the embeddings and are cached beside them.
+        cached_embeddings, embed_todo = feature_cache.split_by_cache(
+            readable, feature_cache.read_cache(files.embeddings), f"{model_info['model_id']}_{COLOUR_TAG}")
     keypoint_tag = settings.keypoints.cache_tag()
     cached_keypoints, keypoint_todo = feature_cache.split_by_cache(
         readable, feature_cache.read_cache(files.keypoints), keypoint_tag)
-    need_pixels = set(embed_todo["location"].to_list())
-    need_keypoints = set(keypoint_todo["location"].to_list())
-    to_decode = [loc for loc in readable["location"].to_list() if loc in need_pixels or loc in need_keypoints]
+    return FeaturePlan(model_info, cached_embeddings, embed_todo, keypoint_tag, cached_keypoints, keypoint_todo)
 
-    started = time.perf_counter()
+
+def decode_needed(readable: pl.DataFrame, plan: FeaturePlan, settings: MatcherSettings) -> tuple[dict[str, Decoded], set[str]]:
+    """Stage 2: decode each image that needs an embedding input or keypoints, on every core.
+
+    Returns what was decoded, by location, and the locations that could not be decoded."""
+    need_pixels = set(plan.embed_todo["location"].to_list())
+    need_keypoints = set(plan.keypoint_todo["location"].to_list())
+    to_decode = [loc for loc in readable["location"].to_list() if loc in need_pixels or loc in need_keypoints]
     with ThreadPoolExecutor(max_workers=max(1, settings.workers)) as pool:
         decoded = dict(zip(to_decode, pool.map(
             lambda loc: _decode(loc, settings.embedding.image_size if loc in need_pixels else None,
                                 settings.keypoints if loc in need_keypoints else None), to_decode), strict=True))
-    cost["decode_and_keypoints_seconds"] = time.perf_counter() - started
     undecodable = {loc for loc, item in decoded.items() if item is None}
-    if undecodable:
-        readable = readable.filter(~pl.col("location").is_in(list(undecodable)))
-        train_mask = (readable["split"] == split_order[0]).to_numpy()
+    return {loc: item for loc, item in decoded.items() if item is not None}, undecodable
 
-    # 2. Keypoints: new ones joined to the cached, one row per image.
-    new_keypoints = keypoint_todo.filter(~pl.col("location").is_in(list(undecodable))).select(
-        feature_cache.KEY_COLUMNS).with_columns(pl.lit(keypoint_tag).alias(feature_cache.TAG))
+
+def store_keypoints(plan: FeaturePlan, decoded: dict[str, Decoded], path: Path) -> dict[str, Keypoints]:
+    """Stage 3: the new keypoints joined to the cached ones (one row per image, written to ``path``), by location."""
+    new_keypoints = plan.keypoint_todo.select(feature_cache.KEY_COLUMNS).with_columns(
+        pl.lit(plan.keypoint_tag).alias(feature_cache.TAG))
     rows = [decoded[loc].keypoints.to_row() for loc in new_keypoints["location"].to_list()]
     new_keypoints = pl.concat([new_keypoints, pl.DataFrame(rows, schema={
         "keypoints": pl.Int32, "width": pl.Int32, "height": pl.Int32, "points": pl.Binary, "descriptors": pl.Binary})],
         how="horizontal") if rows else pl.DataFrame()
-    keypoint_table = feature_cache.store(cached_keypoints, new_keypoints, files.keypoints)
-    keypoints_of = {row["location"]: Keypoints.from_row(row) for row in keypoint_table.iter_rows(named=True)}
+    keypoint_table = feature_cache.store(plan.cached_keypoints, new_keypoints, path)
+    return {row["location"]: Keypoints.from_row(row) for row in keypoint_table.iter_rows(named=True)}
 
-    # 3. The embedding model: the kept one, or one trained now on the training split.
-    if retrain:
-        train_locations = readable.filter(train_mask)["location"].to_list()
-        train_pixels = np.stack([decoded[loc].pixels for loc in train_locations])
-        codes = readable.filter(train_mask)["patient_id"].rank("dense").to_numpy().astype(np.int64)
-        log(f"training the same-subject embedding on {len(train_locations)} {split_order[0]} images")
-        trained = train_embedding(train_pixels, codes, settings.embedding, log=log)
-        model, device = trained.model, trained.device
-        cost["embedding_training_seconds"] = trained.seconds
-        # Named by its weights: the same training gives the same id, so cached embeddings stay valid.
-        model_tag = f"{settings.embedding.model_tag()}_{_weights_digest(model)}"
-        model_info = {"model_id": model_tag, "settings_tag": settings.embedding.model_tag(),
-                      "training_images": trained.images, "training_patients": trained.patients,
-                      "final_loss": trained.history[-1]["loss"], "seconds": trained.seconds}
-        replace_atomically(files.model, lambda path: save_model(model.cpu(), settings.embedding, path, {}))
-        write_json(model_info, files.model_info)
-        model = model.to(device)
-    else:
+
+@dataclass(frozen=True)
+class Embedder:
+    """The embedding network a run embeds with, and where it came from."""
+    model: object  # the embedding network, on ``device``
+    device: object
+    info: dict  # model_id (which names its cached embeddings), settings_tag, training images and patients, seconds
+    trained_now: bool
+
+
+def load_or_train_embedder(train: pl.DataFrame, decoded: dict[str, Decoded], plan: FeaturePlan, files: StageFiles,
+                    settings: MatcherSettings, log=print) -> Embedder:
+    """Stage 4: the kept embedding model, or one trained now on the training images ``train`` and kept."""
+    from leakage_pipeline.same_subject.embedding_model import load_model, save_model, train_embedding
+
+    if plan.model_info is not None:
         model, _ = load_model(files.model)
-        from leakage_pipeline.training.trainer import pick_device
-
         device = pick_device(settings.embedding.device)
-        model = model.to(device)
+        return Embedder(model.to(device), device, plan.model_info, trained_now=False)
+    locations = train["location"].to_list()
+    pixels = np.stack([decoded[loc].pixels for loc in locations])
+    codes = train["patient_id"].rank("dense").to_numpy().astype(np.int64)
+    log(f"training the same-subject embedding on {len(locations)} {train['split'][0]} images")
+    # The embedding decides which candidates are verified: the same on any core count (devices.reproducible).
+    with reproducible(pick_device(settings.embedding.device)):
+        trained = train_embedding(pixels, codes, settings.embedding, log=log)
+    model = trained.model
+    # Named by its weights: the same training gives the same id, so cached embeddings stay valid.
+    model_tag = f"{settings.embedding.model_tag()}_{_weights_digest(model)}"
+    info = {"model_id": model_tag, "settings_tag": settings.embedding.model_tag(),
+            "training_images": trained.images, "training_patients": trained.patients,
+            "final_loss": trained.history[-1]["loss"], "seconds": trained.seconds}
+    replace_atomically(files.model, lambda path: save_model(model.cpu(), settings.embedding, path, {}))
+    write_json(info, files.model_info)
+    return Embedder(model.to(trained.device), trained.device, info, trained_now=True)
 
-    # 4. Embeddings of the images not cached under this model.
-    embed_locations = [loc for loc in embed_todo["location"].to_list() if loc not in undecodable]
-    started = time.perf_counter()
-    size = settings.embedding.image_size
-    pixels = np.stack([decoded[loc].pixels for loc in embed_locations]) if embed_locations else \
-        np.zeros((0, 3, size, size), np.uint8)
-    vectors, colours = embed(model, pixels, device), colour_descriptors(pixels)
-    cost["embedding_seconds"] = time.perf_counter() - started
-    new_embeddings = embed_todo.filter(pl.col("location").is_in(embed_locations)).select(
-        feature_cache.KEY_COLUMNS).with_columns(
-        pl.lit(f"{model_tag}_{COLOUR_TAG}").alias(feature_cache.TAG),
-        pl.Series("embedding", vectors, dtype=pl.Array(pl.Float32, settings.embedding.dimensions)),
-        pl.Series("colour", colours, dtype=pl.Array(pl.Float32, COLOUR_DIMENSIONS)))
-    embedding_table = feature_cache.store(cached_embeddings, new_embeddings, files.embeddings)
-    row_of = {loc: index for index, loc in enumerate(embedding_table["location"].to_list())}
+
+def embed_new(plan: FeaturePlan, decoded: dict[str, Decoded], embedder: Embedder,
+              settings: EmbeddingSettings) -> pl.DataFrame:
+    """Stage 5: the embeddings (and colour descriptors) of the images not cached under this model, as cache rows."""
+    from leakage_pipeline.same_subject.embedding_model import embed
+
+    locations = plan.embed_todo["location"].to_list()
+    pixels = np.stack([decoded[loc].pixels for loc in locations]) if locations else \
+        np.zeros((0, 3, settings.image_size, settings.image_size), np.uint8)
+    with reproducible(embedder.device):
+        vectors = embed(embedder.model, pixels, embedder.device)
+    return plan.embed_todo.select(feature_cache.KEY_COLUMNS).with_columns(
+        pl.lit(f"{embedder.info['model_id']}_{COLOUR_TAG}").alias(feature_cache.TAG),
+        pl.Series("embedding", vectors, dtype=pl.Array(pl.Float32, settings.dimensions)),
+        pl.Series("colour", colour_descriptors(pixels), dtype=pl.Array(pl.Float32, COLOUR_DIMENSIONS)))
+
+
+@dataclass(frozen=True)
+class Descriptors:
+    """What proposes candidates, one row per readable image: the embedding, visual words and colour."""
+    embedding: np.ndarray
+    words: np.ndarray
+    colour: np.ndarray
+
+    def others(self, query_rows: np.ndarray, reference_rows: np.ndarray, search: SearchSettings) -> list:
+        """Each proposer beside the embedding, as :func:`propose` takes them."""
+        return [(self.words[query_rows], self.words[reference_rows], search.words_top_k),
+                (self.colour[query_rows], self.colour[reference_rows], search.colour_top_k)]
+
+
+def descriptors(readable: pl.DataFrame, cached: pl.DataFrame, new: pl.DataFrame, path: Path,
+                words: np.ndarray) -> Descriptors:
+    """The cache of every current embedding (and colour) written to ``path``, with ``words``: one row per image of
+    ``readable``, in its order."""
+    table = feature_cache.store(cached, new, path)
+    row_of = {loc: index for index, loc in enumerate(table["location"].to_list())}
     order = [row_of[loc] for loc in readable["location"].to_list()]
-    matrix = embedding_table["embedding"].to_numpy()[order].astype(np.float32)
-    colour_matrix = embedding_table["colour"].to_numpy()[order].astype(np.float32)
+    return Descriptors(table["embedding"].to_numpy()[order].astype(np.float32), words,
+                       table["colour"].to_numpy()[order].astype(np.float32))
 
-    # 5. Candidates: each later split against every earlier one; calibration pairs within training.
-    started = time.perf_counter()
-    words = word_vectors([keypoints_of[loc].descriptors for loc in readable["location"].to_list()], train_mask,
-                         settings.vocabulary)
-    cost["visual_words_seconds"] = time.perf_counter() - started
 
-    def others(query_rows: np.ndarray, reference_rows: np.ndarray) -> list:
-        return [(words[query_rows], words[reference_rows], settings.search.words_top_k),
-                (colour_matrix[query_rows], colour_matrix[reference_rows], settings.search.colour_top_k)]
+@dataclass(frozen=True)
+class Candidates:
+    """Candidate pairs as row numbers of the readable images: the audited ones, and the calibration pairs."""
+    query: np.ndarray
+    reference: np.ndarray
+    rank: np.ndarray
+    cosine: np.ndarray
+    calibration: np.ndarray  # (n, 2): pairs of training images, each unordered pair once
+    calibration_queries: int
+    queries_searched: int  # audited and calibration queries together
 
+
+def audited_candidates(splits: np.ndarray, described: Descriptors, split_order: list[str],
+                       search: SearchSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Each later split's images against every earlier split's: (query, reference, rank, cosine, queries searched)."""
     query_index, reference_index, ranks, cosines = [], [], [], []
-    splits = readable["split"].to_numpy()
     queries_searched = 0
     for position, split in enumerate(split_order[1:], start=1):
         queries = np.flatnonzero(splits == split)
         references = np.flatnonzero(np.isin(splits, split_order[:position]))
         if not len(queries) or not len(references):
             continue
-        similarity, found = propose(matrix[queries], matrix[references], others(queries, references), settings.search)
+        similarity, found = propose(described.embedding[queries], described.embedding[references],
+                                    described.others(queries, references, search), search)
         valid = found >= 0
         query_index.append(np.repeat(queries, valid.sum(axis=1)))
         reference_index.append(references[found[valid]])
         ranks.append(np.tile(np.arange(1, found.shape[1] + 1), (len(queries), 1))[valid])
         cosines.append(similarity[valid])
         queries_searched += len(queries)
-    train_rows = np.flatnonzero(train_mask)
-    wanted = max(settings.min_calibration_queries, queries_searched)
+    if not query_index:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32), 0
+    return (np.concatenate(query_index), np.concatenate(reference_index), np.concatenate(ranks),
+            np.concatenate(cosines), queries_searched)
+
+
+def calibration_pairs(train_rows: np.ndarray, described: Descriptors, queries: int,
+                      settings: MatcherSettings) -> tuple[np.ndarray, int]:
+    """A seeded sample of ``queries`` training images (at least the settings' minimum) against all of training:
+    (each unordered pair of distinct images once, the number of sampled queries)."""
+    wanted = max(settings.min_calibration_queries, queries)
     sample = np.sort(np.random.default_rng(settings.seed).choice(train_rows, min(wanted, len(train_rows)),
                                                                  replace=False))
-    similarity, found = propose(matrix[sample], matrix[train_rows], others(sample, train_rows), settings.search)
-    cost["search_seconds"] = time.perf_counter() - started
-    cost["search_queries"] = queries_searched + len(sample)
+    _, found = propose(described.embedding[sample], described.embedding[train_rows],
+                       described.others(sample, train_rows, settings.search), settings.search)
     calibration_a = np.repeat(sample, found.shape[1])
     calibration_b = train_rows[np.where(found >= 0, found, 0)].reshape(-1)
     keep = (found.reshape(-1) >= 0) & (calibration_a != calibration_b)
     # Each unordered pair once: a pair found from both ends would count twice.
     low, high = np.minimum(calibration_a, calibration_b)[keep], np.maximum(calibration_a, calibration_b)[keep]
     unique_pairs = np.unique(np.stack([low, high], 1), axis=0) if keep.any() else np.zeros((0, 2), np.int64)
+    return unique_pairs, len(sample)
 
-    audit_q = np.concatenate(query_index) if query_index else np.zeros(0, np.int64)
-    audit_r = np.concatenate(reference_index) if reference_index else np.zeros(0, np.int64)
-    locations = readable["location"].to_list()
-    all_q = np.concatenate([audit_q, unique_pairs[:, 0]])
-    all_r = np.concatenate([audit_r, unique_pairs[:, 1]])
 
-    # 6. Verification of every candidate pair, on every core.
-    started = time.perf_counter()
-    matches = _verify_all([keypoints_of[locations[i]] for i in all_q], [keypoints_of[locations[i]] for i in all_r],
-                          settings)
-    cost["verification_seconds"] = time.perf_counter() - started
-    cost["verified_pairs"] = len(matches)
-    inliers = np.array([m.inliers for m in matches], np.int32)
-    mirrored_fit = np.array([m.mirrored for m in matches], bool)
+def find_candidates(readable: pl.DataFrame, described: Descriptors, split_order: list[str],
+                    settings: MatcherSettings) -> Candidates:
+    """Stage 6: the audited candidate pairs, and the calibration pairs within the training split."""
+    query, reference, rank, cosine, searched = audited_candidates(readable["split"].to_numpy(), described,
+                                                                  split_order, settings.search)
+    train_rows = np.flatnonzero((readable["split"] == split_order[0]).to_numpy())
+    pairs, sampled = calibration_pairs(train_rows, described, searched, settings)
+    return Candidates(query, reference, rank, cosine, pairs, sampled, searched + sampled)
 
-    # 7. Calibration on the training pairs, then the decision on the audited pairs.
+
+def verify(candidates: Candidates, keypoints_of: dict[str, Keypoints], locations: list[str],
+           settings: MatcherSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 7: keypoints and RANSAC on every candidate pair (audited first, then calibration), one pair per
+    thread: (inliers, whether the fit was mirrored) per pair."""
+    import cv2
+
+    query = np.concatenate([candidates.query, candidates.calibration[:, 0]])
+    reference = np.concatenate([candidates.reference, candidates.calibration[:, 1]])
+    pairs = [(keypoints_of[locations[q]], keypoints_of[locations[r]]) for q, r in zip(query, reference, strict=True)]
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # parallel over pairs instead: one pair per thread, every core busy
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, settings.workers)) as pool:
+            matches = list(pool.map(lambda pair: match(pair[0], pair[1], settings.keypoints), pairs, chunksize=64))
+    finally:
+        cv2.setNumThreads(threads)
+    return np.array([m.inliers for m in matches], np.int32), np.array([m.mirrored for m in matches], bool)
+
+
+def decide(readable: pl.DataFrame, candidates: Candidates, inliers: np.ndarray, mirrored: np.ndarray,
+           settings: CalibrationSettings) -> tuple[pl.DataFrame, Calibration]:
+    """Stage 8: the inlier threshold calibrated on the training pairs, then each audited pair accepted, sent to
+    review or neither: (the audited pairs, :data:`PAIR_SCHEMA`, the calibration)."""
+    audited = len(candidates.query)
     patients = readable["patient_id"].to_numpy()
-    calibration_inliers = inliers[len(audit_q):]
-    same_patient = patients[unique_pairs[:, 0]] == patients[unique_pairs[:, 1]]
-    audit_inliers = inliers[: len(audit_q)]
-    calibration = calibrate(calibration_inliers, same_patient, settings.calibration, audit_inliers)
-    threshold = calibration.threshold
-    accepted = audit_inliers >= threshold if threshold is not None else np.zeros(len(audit_q), bool)
-    review_floor = calibration.review_threshold
-    review = ((audit_inliers >= review_floor) & ~accepted) if review_floor is not None else np.zeros(len(audit_q), bool)
+    same_patient = patients[candidates.calibration[:, 0]] == patients[candidates.calibration[:, 1]]
+    audit_inliers = inliers[:audited]
+    calibration = calibrate(inliers[audited:], same_patient, settings, audit_inliers)
+    threshold, review_floor = calibration.threshold, calibration.review_threshold
+    accepted = audit_inliers >= threshold if threshold is not None else np.zeros(audited, bool)
+    review = ((audit_inliers >= review_floor) & ~accepted) if review_floor is not None else np.zeros(audited, bool)
     sides = readable.select(_SIDE)
     pairs = pl.concat([
-        sides[audit_q].rename({c: f"query_{c}" for c in _SIDE}),
-        sides[audit_r].rename({c: f"reference_{c}" for c in _SIDE}),
-        pl.DataFrame({"rank": np.concatenate(ranks) if ranks else np.zeros(0, np.int32),
-                      "cosine": np.concatenate(cosines) if cosines else np.zeros(0, np.float32),
-                      "inliers": audit_inliers, "mirrored": mirrored_fit[: len(audit_q)],
-                      "accepted": accepted, "review": review}),
+        sides[candidates.query].rename({c: f"query_{c}" for c in _SIDE}),
+        sides[candidates.reference].rename({c: f"reference_{c}" for c in _SIDE}),
+        pl.DataFrame({"rank": candidates.rank, "cosine": candidates.cosine, "inliers": audit_inliers,
+                      "mirrored": mirrored[:audited], "accepted": accepted, "review": review}),
     ], how="horizontal").cast(PAIR_SCHEMA).sort("query_split", "query_image_uri", "rank")
+    return pairs, calibration
 
-    summary = {
+
+def _summary(features: dict, embedder: Embedder, candidates: Candidates, pairs: pl.DataFrame,
+             calibration: Calibration, search: SearchSettings, cost: dict[str, float]) -> dict:
+    return {
         "status": RAN,
-        "reason": None if threshold is not None else calibration.reason,
-        "images": readable.height,
-        "embedded": len(embed_locations), "embeddings_reused": cached_embeddings.height,
-        "keypoints_extracted": new_keypoints.height, "keypoints_reused": cached_keypoints.height,
-        "undecodable": len(undecodable),
-        "model": {**model_info, "trained_now": retrain},
-        "top_k": settings.search.top_k, "words_top_k": settings.search.words_top_k,
-        "colour_top_k": settings.search.colour_top_k,
-        "candidate_pairs": int(len(audit_q)),
-        "accepted_pairs": int(accepted.sum()),
-        "review_pairs": int(review.sum()),
+        "reason": None if calibration.threshold is not None else calibration.reason,
+        **features,
+        "model": {**embedder.info, "trained_now": embedder.trained_now},
+        "top_k": search.top_k, "words_top_k": search.words_top_k, "colour_top_k": search.colour_top_k,
+        "candidate_pairs": int(len(candidates.query)),
+        "accepted_pairs": int(pairs["accepted"].sum()),
+        "review_pairs": int(pairs["review"].sum()),
         "accepted_query_images": pairs.filter(pl.col("accepted"))["query_location"].n_unique(),
         "calibration": {**{k: v for k, v in calibration.to_dict().items() if k != "curve"},
-                        "calibration_queries": int(len(sample)), "curve": calibration.curve},
+                        "calibration_queries": candidates.calibration_queries, "curve": calibration.curve},
         "cost": cost,
     }
+
+
+def run_same_subject(images: pl.DataFrame, split_order: list[str], directory: Path,
+                     settings: MatcherSettings = MatcherSettings(), log=print) -> SameSubjectRun:
+    """``images``: the audited images (side columns, status and hash cache key per image). Runs the stages above
+    in order; features and the embedding model are cached under ``directory``."""
+    reason = eligibility(images, split_order, settings)
+    if reason is not None:
+        return SameSubjectRun(empty_pairs(), {"status": SKIPPED, "reason": reason}, None)
+    files = StageFiles(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    readable = images.filter(pl.col("status") == STATUS_OK).unique("location", keep="first", maintain_order=True)
+    is_train = pl.col("split") == split_order[0]
+    plan = plan_features(readable, readable.filter(is_train).height, files, settings)
+    cost: dict[str, float] = {}
+    with _timed(cost, "decode_and_keypoints_seconds"):
+        decoded, undecodable = decode_needed(readable, plan, settings)
+    if undecodable:
+        readable, plan = readable.filter(~pl.col("location").is_in(list(undecodable))), plan.without(undecodable)
+    keypoints_of = store_keypoints(plan, decoded, files.keypoints)
+    embedder = load_or_train_embedder(readable.filter(is_train), decoded, plan, files, settings, log)
+    if embedder.trained_now:
+        cost["embedding_training_seconds"] = embedder.info["seconds"]
+    with _timed(cost, "embedding_seconds"):
+        new_embeddings = embed_new(plan, decoded, embedder, settings.embedding)
+    with _timed(cost, "visual_words_seconds"):
+        words = word_vectors([keypoints_of[loc].descriptors for loc in readable["location"].to_list()],
+                             (readable["split"] == split_order[0]).to_numpy(), settings.vocabulary)
+    described = descriptors(readable, plan.cached_embeddings, new_embeddings, files.embeddings, words)
+    with _timed(cost, "search_seconds"):
+        candidates = find_candidates(readable, described, split_order, settings)
+    cost["search_queries"] = candidates.queries_searched
+    with _timed(cost, "verification_seconds"):
+        inliers, mirrored = verify(candidates, keypoints_of, readable["location"].to_list(), settings)
+    cost["verified_pairs"] = len(inliers)
+    pairs, calibration = decide(readable, candidates, inliers, mirrored, settings.calibration)
+    features = {"images": readable.height, "embedded": plan.embed_todo.height,
+                "embeddings_reused": plan.cached_embeddings.height, "keypoints_extracted": plan.keypoint_todo.height,
+                "keypoints_reused": plan.cached_keypoints.height, "undecodable": len(undecodable)}
+    summary = _summary(features, embedder, candidates, pairs, calibration, settings.search, cost)
     return SameSubjectRun(pairs=pairs, summary=summary, calibration=calibration)

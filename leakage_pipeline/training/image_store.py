@@ -8,7 +8,6 @@ last, so a killed build leaves the previous store intact. Rows are keyed by the 
 
 from __future__ import annotations
 
-import json
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from PIL import UnidentifiedImageError
 from leakage_pipeline.audit import image_source
 from leakage_pipeline.audit.image_hashing import STATUS_OK
 from leakage_pipeline.progress import ProgressReporter, start_progress
-from leakage_pipeline.storage.files import write_json, write_parquet
+from leakage_pipeline.storage.files import read_json, read_parquet, write_json, write_parquet
 from leakage_pipeline.training.preprocessing import Preprocessing
 
 UNDECODABLE = "undecodable"
@@ -64,8 +63,8 @@ def _open_directory(directory: Path) -> tuple[pl.DataFrame, np.ndarray] | None:
     pointer = directory / _POINTER
     if not pointer.exists():
         return None
-    token = json.loads(pointer.read_text())["token"]
-    return (pl.read_parquet(directory / f"index-{token}.parquet"),
+    token = read_json(pointer)["token"]
+    return (read_parquet(directory / f"index-{token}.parquet"),
             np.load(directory / f"images-{token}.npy", mmap_mode="r"))
 
 

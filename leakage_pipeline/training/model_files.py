@@ -14,10 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from leakage_pipeline.devices import pick_device
 from leakage_pipeline.storage.files import replace_atomically
 from leakage_pipeline.training.models import build_model
 from leakage_pipeline.training.preprocessing import Preprocessing
-from leakage_pipeline.training.trainer import DeviceImages, pick_device, predict_probabilities
+from leakage_pipeline.training.trainer import DeviceImages, predict_probabilities
 
 MODEL_FILE = "model.pt"
 PREPROCESSING_FILE = "preprocessing.json"

@@ -7,7 +7,6 @@ standard deviation measured on the training split. ``preprocessing.json`` record
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from leakage_pipeline.audit.pixel_limit import open_image
-from leakage_pipeline.storage.files import write_json
+from leakage_pipeline.storage.files import read_json, write_json
 
 CHANNEL_MODES = {1: "L", 3: "RGB"}
 
@@ -67,6 +66,6 @@ class Preprocessing:
 
     @classmethod
     def load(cls, path: Path) -> Preprocessing:
-        values = json.loads(path.read_text())
+        values = read_json(path)
         return cls(size=values["size"], channels=values["channels"],
                    mean=tuple(values["mean"]), std=tuple(values["std"]))

@@ -14,7 +14,10 @@ ARCHITECTURES = (SMALL_CNN, RESNET18)
 
 
 @dataclass(frozen=True)
-class TrainSettings:
+class ClassifierSettings:
+    """The classifier's own training knobs, as :func:`~leakage_pipeline.training.trainer.train_classifier` takes
+    them; the Dagster resource ``TrainingSettings`` offers each one under the same name and default."""
+
     architecture: str = SMALL_CNN
     epochs: int = 30
     batch_size: int = 64

@@ -2,7 +2,7 @@
 
 On CUDA it trains with bf16 autocast and channels_last, keeps the uint8 images on the GPU when
 they fit (else in pinned memory, copied asynchronously) and normalises there, so the GPU is not
-starved by a Python data loader. On the CPU it is deterministic for a given seed.
+starved by a Python data loader. On the CPU it is deterministic for a given seed (see `devices.reproducible`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from leakage_pipeline.devices import pick_device, reproducible
 from leakage_pipeline.progress import ProgressReporter, start_progress
 from leakage_pipeline.training.metrics import macro_f1
 from leakage_pipeline.training.models import build_model, load_initial_weights
 from leakage_pipeline.training.preprocessing import Preprocessing
-from leakage_pipeline.training.settings import TrainSettings
+from leakage_pipeline.training.settings import ClassifierSettings
 
 # Images stay on the GPU when they take at most this share of its free memory.
 _DEVICE_RESIDENT_SHARE = 0.4
@@ -44,12 +45,6 @@ class TrainResult:
     @property
     def images_per_second(self) -> float:
         return float(np.median([epoch["images_per_second"] for epoch in self.history]))
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
 
 
 class DeviceImages:
@@ -81,16 +76,6 @@ def _autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-@contextlib.contextmanager
-def _deterministic(enabled: bool) -> Iterator[None]:
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(enabled or previous)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous)
-
-
 @torch.no_grad()
 def predict_probabilities(model: nn.Module, images: DeviceImages, batch_size: int = 256) -> np.ndarray:
     model.eval()
@@ -112,7 +97,7 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
 
 def train_classifier(
     train: LabelledImages, val: LabelledImages, num_classes: int, preprocessing: Preprocessing,
-    settings: TrainSettings, log: Callable[[str], None] = print, progress: ProgressReporter | None = None,
+    settings: ClassifierSettings, log: Callable[[str], None] = print, progress: ProgressReporter | None = None,
 ) -> TrainResult:
     """Train ``settings.architecture`` on ``train``; return the epoch with the best validation macro F1.
 
@@ -141,7 +126,7 @@ def train_classifier(
     images_per_epoch = len(train_images) - (len(train_images) % settings.batch_size == 1)
     training = start_progress(progress, settings.epochs * images_per_epoch, "images")
 
-    with _deterministic(device.type == "cpu"):
+    with reproducible(device):
         for epoch in range(1, settings.epochs + 1):
             model.train()
             training.stage = f"epoch {epoch}/{settings.epochs}"

@@ -19,14 +19,14 @@ import polars as pl
 from leakage_pipeline.progress import ProgressReporter
 from leakage_pipeline.storage.files import download_tree, read_parquet, upload_tree, write_json, write_parquet
 from leakage_pipeline.storage.locations import is_local, location
+from leakage_pipeline.storage.output_files import PREDICTIONS_FILE
 from leakage_pipeline.training.image_store import ImageStore, open_stores
 from leakage_pipeline.training.preprocessing import Preprocessing
-from leakage_pipeline.training.settings import TrainSettings
+from leakage_pipeline.training.settings import ClassifierSettings
 
 if TYPE_CHECKING:
     from leakage_pipeline.training.trainer import LabelledImages
 
-PREDICTIONS_FILE = "test_predictions.parquet"
 HISTORY_FILE = "history.json"
 
 
@@ -41,7 +41,7 @@ class TrainingJob:
     val_split: str
     test_split: str
     model_dir: str
-    settings: TrainSettings
+    settings: ClassifierSettings
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,7 +49,7 @@ class TrainingJob:
     @classmethod
     def from_dict(cls, values: dict) -> TrainingJob:
         return cls(**{**values, "store_dirs": tuple(values["store_dirs"]), "class_names": tuple(values["class_names"]),
-                      "settings": TrainSettings(**values["settings"])})
+                      "settings": ClassifierSettings(**values["settings"])})
 
 
 @contextmanager
@@ -95,7 +95,7 @@ def run_training_job(job: TrainingJob, log: Callable[[str], None] = print) -> di
 
     store = open_stores([Path(d) for d in job.store_dirs])
     in_store = set(store.index["location"].to_list())
-    table = pl.read_parquet(job.split_table).filter(pl.col("location").is_in(list(in_store)))
+    table = read_parquet(job.split_table).filter(pl.col("location").is_in(list(in_store)))
     class_index = {name: i for i, name in enumerate(job.class_names)}
     _, train = _labelled(table, job.train_split, store, class_index)
     _, val = _labelled(table, job.val_split, store, class_index)

@@ -16,7 +16,7 @@ that ends, even on ``kill -9``, so a crash never leaves a stale lock and there i
 over.
 
 On GCS (a ``gs://`` output root) the lock is the object ``PREFIX/.leakage-pipeline.lock`` holding
-the run id and a record with a lease per holder, each renewed every third of
+the run id and a record with a lease per holder (a :class:`GcsLease`), each renewed every third of
 :data:`GCS_LEASE_SECONDS`. Every change is a read-modify-write at the generation read (precondition
 0 creates it), repeated when another holder wrote in between. A holder joins when no lease is live
 or the run id is its own, and the last one to leave deletes the object; a lock whose leases have all
@@ -153,19 +153,71 @@ def _flocked(descriptor: int, operation: int) -> bool:
         return False
 
 
-@contextmanager
-def _gcs_lock(output_dir: str, wait_seconds: float, run_id: str | None) -> Iterator[None]:
-    from google.api_core.exceptions import NotFound, PreconditionFailed
+class GcsLease:
+    """One holder's lease in the GCS lock object ``PREFIX/.leakage-pipeline.lock``: acquire, renew, release.
 
-    bucket_name, _, prefix = output_dir[len("gs://"):].partition("/")
-    bucket = gcs_client().bucket(bucket_name)
-    name = f"{prefix.rstrip('/')}/{LOCK_FILE}".lstrip("/")
-    member, record = uuid.uuid4().hex, _holder_record()  # this holder's key in the lock, and its record
+    Every change is a read-modify-write at the generation read, repeated when another holder wrote in between.
+    """
 
-    def read() -> tuple[dict, int]:
-        """The lock and the generation it was read at (0: there is no lock object)."""
+    def __init__(self, output_dir: str, run_id: str | None):
+        bucket_name, _, prefix = output_dir[len("gs://"):].partition("/")
+        self.output_dir, self.run_id = output_dir, run_id
+        self._bucket = gcs_client().bucket(bucket_name)
+        self._name = f"{prefix.rstrip('/')}/{LOCK_FILE}".lstrip("/")
+        self._member, self._record = uuid.uuid4().hex, _holder_record()  # this holder's key in the lock, and its record
+
+    def acquire(self, wait_seconds: float) -> None:
+        """Join the lock when no lease is live or the run id is this one's; else wait, then refuse."""
+        from google.api_core.exceptions import PreconditionFailed
+
+        deadline = time.monotonic() + wait_seconds
         while True:
-            blob = bucket.get_blob(name)
+            lock, generation = self._read()
+            holders = _live(lock)
+            if not holders or (self.run_id is not None and lock.get("run_id") == self.run_id):
+                try:  # dead holders are dropped
+                    self._write({"run_id": self.run_id, "holders": {**holders, self._member: self._leased()}}, generation)
+                    return
+                except PreconditionFailed:
+                    continue  # another holder wrote since our read
+            if time.monotonic() >= deadline:
+                holder = next(iter(holders.values()))
+                raise _refusal(self.output_dir, _describe({**holder, "run_id": lock.get("run_id")}), wait_seconds)
+            time.sleep(_POLL_SECONDS)
+
+    def renew(self) -> None:
+        """Extend this holder's lease by :data:`GCS_LEASE_SECONDS` from now."""
+        self._update(renew=True)
+
+    def release(self) -> None:
+        """Drop this holder's lease; the last holder deletes the lock object."""
+        self._update(renew=False)
+
+    def _update(self, renew: bool) -> None:
+        from google.api_core.exceptions import NotFound, PreconditionFailed
+
+        while True:
+            lock, generation = self._read()
+            if self._member not in lock.get("holders", {}):
+                return  # its lease ran out and another run took over
+            others = {key: holder for key, holder in _live(lock).items() if key != self._member}
+            try:
+                if renew:
+                    self._write({**lock, "holders": {**others, self._member: self._leased()}}, generation)
+                elif others:
+                    self._write({**lock, "holders": others}, generation)
+                else:
+                    self._bucket.blob(self._name).delete(if_generation_match=generation)
+                return
+            except (NotFound, PreconditionFailed):
+                continue
+
+    def _read(self) -> tuple[dict, int]:
+        """The lock and the generation it was read at (0: there is no lock object)."""
+        from google.api_core.exceptions import NotFound
+
+        while True:
+            blob = self._bucket.get_blob(self._name)
             if blob is None:
                 return {}, 0
             generation = blob.generation  # before the download, which resets it where a response omits it
@@ -176,63 +228,37 @@ def _gcs_lock(output_dir: str, wait_seconds: float, run_id: str | None) -> Itera
             except ValueError:
                 return {}, generation  # unreadable: nobody live holds it
 
-    def live(lock: dict) -> dict:
-        now = time.time()
-        return {key: holder for key, holder in lock.get("holders", {}).items() if holder.get("lease_until", 0) >= now}
+    def _write(self, lock: dict, generation: int) -> None:
+        self._bucket.blob(self._name).upload_from_string(json.dumps(lock), if_generation_match=generation)
 
-    def write(lock: dict, generation: int) -> None:
-        bucket.blob(name).upload_from_string(json.dumps(lock), if_generation_match=generation)
+    def _leased(self) -> dict:
+        return {**self._record, "lease_until": time.time() + GCS_LEASE_SECONDS}
 
-    def leased() -> dict:
-        return {**record, "lease_until": time.time() + GCS_LEASE_SECONDS}
 
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        lock, generation = read()
-        holders = live(lock)
-        if not holders or (run_id is not None and lock.get("run_id") == run_id):
-            try:  # dead holders are dropped
-                write({"run_id": run_id, "holders": {**holders, member: leased()}}, generation)
-                break
-            except PreconditionFailed:
-                continue  # another holder wrote since our read
-        if time.monotonic() >= deadline:
-            holder = next(iter(holders.values()))
-            raise _refusal(output_dir, _describe({**holder, "run_id": lock.get("run_id")}), wait_seconds)
-        time.sleep(_POLL_SECONDS)
+def _live(lock: dict) -> dict:
+    """The holders of ``lock`` whose lease has not run out."""
+    now = time.time()
+    return {key: holder for key, holder in lock.get("holders", {}).items() if holder.get("lease_until", 0) >= now}
 
-    def update(renew: bool) -> None:
-        """Renew or drop this holder's lease, read again whenever another holder wrote since the read."""
-        while True:
-            lock, generation = read()
-            if member not in lock.get("holders", {}):
-                return  # its lease ran out and another run took over
-            others = {key: holder for key, holder in live(lock).items() if key != member}
-            try:
-                if renew:
-                    write({**lock, "holders": {**others, member: leased()}}, generation)
-                elif others:
-                    write({**lock, "holders": others}, generation)
-                else:
-                    bucket.blob(name).delete(if_generation_match=generation)
-                return
-            except (NotFound, PreconditionFailed):
-                continue
 
+@contextmanager
+def _gcs_lock(output_dir: str, wait_seconds: float, run_id: str | None) -> Iterator[None]:
+    lease = GcsLease(output_dir, run_id)
+    lease.acquire(wait_seconds)
     stop = threading.Event()
 
-    def renew() -> None:
+    def keep_renewing() -> None:
         while not stop.wait(GCS_LEASE_SECONDS / 3):
             try:
-                update(renew=True)
+                lease.renew()
             except Exception:  # a missed renewal is retried; the lease outlasts two of them
                 continue
 
-    renewer = threading.Thread(target=renew, name="output-lock-lease", daemon=True)
+    renewer = threading.Thread(target=keep_renewing, name="output-lock-lease", daemon=True)
     renewer.start()
     try:
         yield
     finally:
         stop.set()
         renewer.join()
-        update(renew=False)
+        lease.release()

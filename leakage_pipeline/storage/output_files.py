@@ -13,7 +13,8 @@ from upath import UPath
 
 from leakage_pipeline.storage.files import Location
 from leakage_pipeline.storage.locations import is_local, location
-from leakage_pipeline.training.training_job import PREDICTIONS_FILE
+
+PREDICTIONS_FILE = "test_predictions.parquet"  # a model's predictions on its test split, in its folder
 
 
 class OutputFiles:
