@@ -1,7 +1,9 @@
 """HAM10000 lesions as a same-subject benchmark: a split by lesion with real re-photographed queries, and its scores.
 
-One photo of each lesion photographed two or more times is a query (in val or test), the lesion's
-other photos are references in train; lesions photographed once are distractors on every side. The
+One photo of half the lesions photographed two or more times is a query (in val or test), the lesion's other
+photos are references in train; the other repeated lesions stay whole in train, where the threshold is calibrated
+(a split whose training has no repeated lesions cannot be calibrated); lesions photographed once are distractors
+on every side. The
 lesion id is the truth: a query is found when an accepted pair ties it to a train photo of its lesion,
 and an accepted pair is true when both photos show one lesion.
 """
@@ -17,6 +19,7 @@ import polars as pl
 from leakage_pipeline.storage.output_files import OutputFiles
 
 DISTRACTOR_SHARES = {"train": 0.7, "val": 0.15, "test": 0.15}
+QUERY_LESION_SHARE = 0.5
 
 
 def lesion_split_manifest(ham_dir: Path, out_csv: Path, seed: int = 0) -> pl.DataFrame:
@@ -29,7 +32,8 @@ def lesion_split_manifest(ham_dir: Path, out_csv: Path, seed: int = 0) -> pl.Dat
         if len(paths) == 1:
             split_of[paths[0]] = str(rng.choice(list(DISTRACTOR_SHARES), p=list(DISTRACTOR_SHARES.values())))
             continue
-        query = paths[int(rng.integers(len(paths)))]
+        # Half the repeated lesions stay whole in train: calibration needs lesions photographed again there.
+        query = paths[int(rng.integers(len(paths)))] if rng.random() < QUERY_LESION_SHARE else None
         for path in paths:
             split_of[path] = ("val" if rng.random() < 0.5 else "test") if path == query else "train"
     frame = manifest.with_columns(

@@ -26,6 +26,7 @@ def test_colour_descriptor_ignores_rotation_mirror_and_exposure_but_tells_lesion
     assert (similarity.argmax(axis=1) == np.arange(20)).mean() >= 0.9
     assert np.diag(similarity).min() > 0.8
     assert np.array_equal(colour_descriptors(images), first)  # integer counting: the same bits every time
+    assert colour_descriptors(images[:0]).shape == (0, COLOUR_DIMENSIONS)  # a run with every image cached
 
 
 def test_colour_neighbours_join_the_embedding_neighbours_once():

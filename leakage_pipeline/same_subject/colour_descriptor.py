@@ -39,5 +39,5 @@ def colour_descriptors(images: np.ndarray) -> np.ndarray:
     index = (np.arange(n)[:, None, None] * 2 + region) * BINS * BINS + cell
     counts = np.bincount(index[total >= 3 * _DARK], minlength=n * 2 * BINS * BINS).reshape(n, 2, BINS * BINS)
     shares = counts / np.maximum(counts.sum(axis=2, keepdims=True), 1)
-    descriptor = np.sqrt(shares).reshape(n, -1)
+    descriptor = np.sqrt(shares).reshape(n, COLOUR_DIMENSIONS)
     return (descriptor / np.maximum(np.linalg.norm(descriptor, axis=1, keepdims=True), 1e-12)).astype(np.float32)
