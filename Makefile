@@ -26,15 +26,16 @@ demo: $(STAMP)
 system-packages:
 	command -v chromium >/dev/null || $(call APT_INSTALL,chromium)
 
-# Every tier, as CI runs it; the slowest tests are listed at the end.
+# Every tier, as CI runs it; the slowest tests are listed at the end. --dist loadscope keeps a module's
+# tests on one worker, so a module's expensive fixture (a whole audit, a training run) is built once.
 test: $(STAMP) system-packages
 	$(BIN)/ruff check leakage_pipeline leakage_pipeline_tests bench deploy
-	$(BIN)/python -m pytest -n 2 --durations=15 leakage_pipeline_tests
+	$(BIN)/python -m pytest -n 2 --dist loadscope --durations=15 leakage_pipeline_tests
 
 # The quick tier for daily work: everything but the tests marked slow (whole demo, UI, kill -9, training).
 test-fast: $(STAMP)
 	$(BIN)/ruff check leakage_pipeline leakage_pipeline_tests bench deploy
-	$(BIN)/python -m pytest -n 2 --durations=15 -m "not slow" leakage_pipeline_tests
+	$(BIN)/python -m pytest -n 2 --dist loadscope --durations=15 -m "not slow" leakage_pipeline_tests
 
 # The deployment of deploy/ as real processes on 127.0.0.1 (Postgres from Debian's package, installed
 # when missing; it runs as an unprivileged user), driven through the webserver's GraphQL API.

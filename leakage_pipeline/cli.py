@@ -15,12 +15,13 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+from pydantic import ValidationError
 
 from leakage_pipeline.audit.manifest import ManifestError
 from leakage_pipeline.audit.perceptual_hash import HASH_MODE_EXACT, HASH_MODES
 from leakage_pipeline.audit.report_markdown import threshold_markdown
 from leakage_pipeline.audit.splitting import MOVED_WITH_IDENTITY, SPLIT_POLICIES
-from leakage_pipeline.defs.dataset import DATASETS_DIR, load_dataset
+from leakage_pipeline.defs.dataset import DATASETS_DIR, describe_problems, load_dataset
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
 from leakage_pipeline.progress import ProgressDisplay, ProgressReporter
 from leakage_pipeline.runner import AuditFailed, AuditOutcome, run_audit
@@ -185,17 +186,22 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     args = _parser().parse_args(argv)
     if args.command == "audit":
-        training = TrainingSettings(
-            image_size=args.image_size, channels=args.channels, architecture=args.architecture, epochs=args.epochs,
-            device=args.device, initial_weights=args.initial_weights, seed=args.seed,
-        ) if args.train else None
-        return _audit(AuditSettings(
-            manifest_path=args.manifest, output_dir=args.out, image_root=args.image_root,
-            columns=args.columns, split_policy=args.split_policy, max_radius=args.max_radius,
-            seed=args.seed, hash_workers=args.workers, hash_mode=args.hash_mode,
-            allow_outside_root=args.allow_outside_root, resolve_symlinks=args.resolve_symlinks,
-            verify_cache=args.verify, lock_wait_seconds=args.lock_wait, same_subject=not args.no_same_subject,
-        ), args.verbose, training)
+        try:  # the settings' own ranges (a negative radius, no workers) are the arguments' too
+            training = TrainingSettings(
+                image_size=args.image_size, channels=args.channels, architecture=args.architecture, epochs=args.epochs,
+                device=args.device, initial_weights=args.initial_weights, seed=args.seed,
+            ) if args.train else None
+            settings = AuditSettings(
+                manifest_path=args.manifest, output_dir=args.out, image_root=args.image_root,
+                columns=args.columns, split_policy=args.split_policy, max_radius=args.max_radius,
+                seed=args.seed, hash_workers=args.workers, hash_mode=args.hash_mode,
+                allow_outside_root=args.allow_outside_root, resolve_symlinks=args.resolve_symlinks,
+                verify_cache=args.verify, lock_wait_seconds=args.lock_wait, same_subject=not args.no_same_subject,
+            )
+        except ValidationError as error:
+            print(f"leakage-pipeline: bad argument: {describe_problems(error)}", file=sys.stderr)
+            return EXIT_COULD_NOT_RUN
+        return _audit(settings, args.verbose, training)
     if args.command == "predict":
         return _predict(args.images, args.model, args.device)
     if args.command == "serve":

@@ -17,6 +17,7 @@ from leakage_pipeline.defs.dataset_defs import dataset_resources, shared_resourc
 from leakage_pipeline.defs.dataset_step import asset_key
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
 from leakage_pipeline.progress import parse_progress
+from leakage_pipeline.storage.files import OutputUnusable
 from leakage_pipeline.storage.locations import UnsupportedLocation
 from leakage_pipeline.storage.output_files import OutputFiles
 from leakage_pipeline.storage.output_lock import output_lock
@@ -122,7 +123,7 @@ def run_audit(
     instance = instance or dg.DagsterInstance.ephemeral()
     try:
         settings.check_storage()
-    except (StorageUnreachable, UnsupportedLocation) as error:
+    except (StorageUnreachable, UnsupportedLocation, OutputUnusable) as error:
         raise AuditFailed(str(error)) from error
     with output_lock(settings.output_dir, settings.lock_wait_seconds):
         results = [_run_in_process(build_audit_assets(dataset), build_audit_checks(dataset), resources, dataset,

@@ -12,7 +12,7 @@ from PIL import Image
 
 from leakage_pipeline.demo.synthetic_dataset import DemoSpec, build_demo_dataset
 from leakage_pipeline.storage.locations import gcs_client, use_gcs_client
-from leakage_pipeline_tests.gcs_emulator import generation_preconditions_enforced
+from leakage_pipeline_tests.gcs_emulator import generation_preconditions_enforced, without_emulator_artifacts
 
 SMALL_DEMO = DemoSpec(patients=70, images_per_patient=(2, 4), seed=3, scale=0.4)
 
@@ -96,6 +96,7 @@ def gcs_emulator(monkeypatch):
     and returns it."""
     from gcp_storage_emulator.server import create_server
 
+    without_emulator_artifacts(monkeypatch.setattr)
     port = free_port()
     server = create_server("127.0.0.1", port, in_memory=True)
     server.start()
@@ -108,9 +109,11 @@ def gcs_emulator(monkeypatch):
     server.stop()
 
 
-def new_data_sensor_ticks(dataset, settings):
+def new_data_sensor_ticks(dataset, settings, instance, launch=None):
     """The dataset's new-data sensor with the dataset's own definitions, so it is evaluated as the daemon
-    evaluates it: a function from a cursor to that tick's result."""
+    evaluates it: a function from a cursor to that tick's result. The sensor reads its runs' outcomes from
+    ``instance``; ``launch(job, request)`` is handed each run the tick requests, with the audit job, as the
+    daemon would launch it."""
     import dagster as dg
 
     from leakage_pipeline.defs.dataset_defs import build_dataset_defs, shared_resources
@@ -119,10 +122,21 @@ def new_data_sensor_ticks(dataset, settings):
     definitions = dg.Definitions.merge(build_dataset_defs(dataset, audit=settings),
                                        dg.Definitions(resources=shared_resources()))
     sensor = definitions.resolve_sensor_def(f"{dataset.name}_new_data")
+    job = definitions.resolve_job_def(f"{dataset.name}_audit")
 
     def tick(cursor: str | None):
         resources = {dataset.resource_key(AUDIT): settings, **shared_resources()}
-        with dg.build_sensor_context(cursor=cursor, definitions=definitions, resources=resources) as context:
-            return sensor.evaluate_tick(context)
+        with dg.build_sensor_context(cursor=cursor, definitions=definitions, resources=resources,
+                                     instance=instance) as context:
+            result = sensor.evaluate_tick(context)
+        for request in result.run_requests if launch else ():
+            launch(job, request)
+        return result
 
     return tick
+
+
+def run_as_the_daemon(job, request, instance):
+    """The run the daemon launches for a sensor's ``request``, executed in-process (with its run key)."""
+    return job.execute_in_process(instance=instance, partition_key=request.partition_key,
+                                  tags={**request.tags, "dagster/run_key": request.run_key}, raise_on_error=False)

@@ -208,7 +208,13 @@ def test_new_data_sensor_requests_only_the_changed_split_partitions(small_demo, 
     manifest = data / "manifest.csv"
     settings = AuditSettings(manifest_path=str(manifest), output_dir=str(tmp_path / "out"))
     dataset = Dataset(name="ward", splits=DEFAULT_SPLITS)
-    evaluate = new_data_sensor_ticks(dataset, settings)
+    instance = dg.DagsterInstance.ephemeral()
+
+    def succeeded(job, request):  # recorded as the daemon records a run that succeeded
+        instance.create_run_for_job(job, status=dg.DagsterRunStatus.SUCCESS,
+                                    tags={**request.tags, "dagster/run_key": request.run_key})
+
+    evaluate = new_data_sensor_ticks(dataset, settings, instance, succeeded)
 
     first = evaluate(None)  # nothing seen yet: every split
     assert [r.tags for r in first.run_requests] == [{**EVERY_SPLIT, "dagster/sensor_name": "ward_new_data"}]
@@ -238,8 +244,10 @@ def test_a_verifying_run_reports_stale_cached_hashes_in_metadata_and_a_file(tmp_
     truth = pl.read_parquet(cached)
     truth.with_columns(sha256=pl.lit("0" * 64)).write_parquet(cached)  # what a fooled cache key leaves behind
     verified = run_audit(AuditSettings(**paths, verify_cache=True))
-    metadata = _materialization_metadata(verified, "image_hashes")
-    assert metadata["stale_cached_hashes"] == 2 and metadata["reused"] == 0
+    # Each partition counts its own stale hashes (both were train's); every image was hashed again.
+    per_partition = _per_partition(verified, "image_hashes")
+    assert {split: m["stale_cached_hashes"] for split, m in per_partition.items()} == {"train": 2, "val": 0, "test": 0}
+    assert {m["reused"] for m in per_partition.values()} == {0}
     record = json.loads(verified.files.stale_cached_hashes.read_text())
     assert record["stale_count"] == 2
     assert {row["location"] for row in record["stale"]} == set(truth["location"])

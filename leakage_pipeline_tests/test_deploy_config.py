@@ -50,7 +50,7 @@ def instance_config(instance_env, tmp_path) -> dict:
 
 def build(section: dict):
     """The instance part a dagster.yaml section names, built as the instance builds it (env vars resolved)."""
-    return ConfigurableClassData(section["module"], section["class"], yaml.safe_dump(section["config"])).rehydrate(
+    return ConfigurableClassData(section["module"], section["class"], yaml.safe_dump(section.get("config", {}))).rehydrate(
         object)
 
 
@@ -72,9 +72,13 @@ def test_the_compose_dataset_is_a_valid_dataset():
 def test_the_instance_config_builds_its_coordinator_and_log_manager(instance_config):
     # Storage needs a live Postgres to construct (it creates its tables): `make test-deploy` does that.
     assert instance_config["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
-    coordinator = build(instance_config["run_coordinator"])
-    limits = {limit["key"]: limit["limit"] for limit in coordinator.get_run_queue_config().tag_concurrency_limits}
+    assert build(instance_config["run_coordinator"]).get_run_queue_config() is not None
+    limits = {limit["key"]: limit["limit"] for limit in instance_config["concurrency"]["runs"]["tag_concurrency_limits"]}
     assert limits == {GPU_RUN_TAG: 2}
+    # Each dataset's steps are in its own pool, counted per run: its runs queue instead of colliding.
+    assert instance_config["concurrency"]["pools"] == {"granularity": "run", "default_limit": 1}
+    assert {op.pool for job in ("demo_audit", "demo_training") for op in defs().resolve_job_def(job).graph.iterate_op_defs()} == {
+        "leakage_pipeline/demo"}
     assert defs().resolve_job_def("demo_training").tags[GPU_RUN_TAG]  # the limit applies to training runs
     # The log manager checks its bucket when built (`make test-deploy` builds it against the emulator).
     logs = instance_config["compute_logs"]
@@ -109,10 +113,12 @@ def test_the_workspace_points_at_the_grpc_code_server(instance_env):
 
 def test_helm_values_repeat_the_instance_choices(instance_config):
     daemon = helm_values()["dagsterDaemon"]
-    queued = daemon["runCoordinator"]["config"]["queuedRunCoordinator"]
-    run_queue = instance_config["run_coordinator"]["config"]
-    assert queued["maxConcurrentRuns"] == run_queue["max_concurrent_runs"]
-    assert queued["tagConcurrencyLimits"] == run_queue["tag_concurrency_limits"]
+    assert daemon["runCoordinator"]["type"] == instance_config["run_coordinator"]["class"]
+    concurrency, run_queue = helm_values()["concurrency"], instance_config["concurrency"]
+    assert concurrency["runs"]["maxConcurrentRuns"] == run_queue["runs"]["max_concurrent_runs"]
+    assert concurrency["runs"]["tagConcurrencyLimits"] == run_queue["runs"]["tag_concurrency_limits"]
+    assert (concurrency["pools"]["granularity"], concurrency["pools"]["defaultLimit"]) == (
+        run_queue["pools"]["granularity"], run_queue["pools"]["default_limit"])
     retries = instance_config["run_retries"]
     assert (daemon["runRetries"]["maxRetries"], daemon["runRetries"]["retryOnAssetOrOpFailure"]) == (
         retries["max_retries"], retries["retry_on_asset_or_op_failure"])

@@ -1,5 +1,6 @@
 """gs:// image URIs, against the gcp-storage-emulator on 127.0.0.1 with the real client."""
 
+import hashlib
 import threading
 import time
 
@@ -8,7 +9,7 @@ import pytest
 from gcp_storage_emulator.server import create_server
 
 from leakage_pipeline.audit import image_source
-from leakage_pipeline.audit.image_hashing import STATUS_MISSING, STATUS_OK, hash_images
+from leakage_pipeline.audit.image_hashing import STATUS_MISSING, STATUS_OK, hash_image, hash_images
 from leakage_pipeline.defs.settings import AuditSettings
 from leakage_pipeline.runner import AuditFailed, run_audit
 from leakage_pipeline.storage.locations import use_gcs_client
@@ -31,6 +32,34 @@ def test_gcs_images_hash_and_cache_by_generation(bucket, tmp_path):
     bucket.blob("ct/1.png").upload_from_filename(str(write_image(tmp_path / "new.png", 50)))  # new generation
     second = hash_images(locations, first.hashes)
     assert (second.hashed, second.reused) == (2, 2)  # the rewritten object and the missing one
+
+
+def test_an_image_is_one_download_at_its_listed_generation_and_read_afresh_if_rewritten_since(bucket, tmp_path):
+    first, second = (write_image(tmp_path / f"{seed}.png", seed).read_bytes() for seed in (1, 2))
+    bucket.blob("ct/0.png").upload_from_string(first)
+    location = "gs://scans/ct/0.png"
+    listed = image_source.stat_many([location])[location]
+    assert image_source.read_bytes(location, listed.version) == first
+    bucket.blob("ct/0.png").upload_from_string(second)  # rewritten between the listing and the read
+    fetched = image_source.read_batch([location], [listed.version])[location]
+    assert isinstance(fetched, image_source.ImageMissing)
+    for row in (hash_image(location, listed=listed), hash_image(location, listed=listed, fetched=fetched)):
+        assert row["status"] == STATUS_OK
+        assert (row["sha256"], row["version"]) == (hashlib.sha256(second).hexdigest(),
+                                                   str(bucket.get_blob("ct/0.png").generation))
+    bucket.blob("ct/0.png").delete()
+    assert hash_image(location, listed=listed)["status"] == STATUS_MISSING
+
+
+def test_a_read_the_network_fails_is_a_named_error_within_its_bound_never_an_unreadable_image(monkeypatch):
+    _point_client_at(monkeypatch, free_port())  # nothing listens there
+    monkeypatch.setattr(image_source, "GCS_READ_SECONDS", 2.0)
+    started = time.monotonic()
+    with pytest.raises(image_source.StorageUnreachable, match=r"cannot read gs://scans/x\.png at http://127\.0\.0\.1:\d+ "
+                                                                r"within 2 s, retries included"):
+        image_source.read_batch(["gs://scans/x.png"], ["1"])
+    assert time.monotonic() - started < 10
+    use_gcs_client(None)
 
 
 def test_audit_reads_a_manifest_whose_images_are_in_gcs(bucket, tmp_path):

@@ -11,15 +11,15 @@ import time
 import dagster as dg
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
-from leakage_pipeline.defs.assets import build_audit_assets
 from leakage_pipeline.defs.dataset import DEFAULT_SPLITS, Dataset
-from leakage_pipeline.defs.dataset_defs import shared_resources
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
 from leakage_pipeline.runner import AuditFailed, run_audit
+from leakage_pipeline.storage.files import read_parquet
 from leakage_pipeline.storage.locations import use_gcs_client
 from leakage_pipeline.storage.output_lock import LOCK_FILE, output_lock
-from leakage_pipeline_tests.conftest import free_port, new_data_sensor_ticks, write_image
+from leakage_pipeline_tests.conftest import canonical_json, free_port, new_data_sensor_ticks, run_as_the_daemon, write_image
 from leakage_pipeline_tests.gcs_emulator import generation_preconditions_enforced
 
 
@@ -66,15 +66,45 @@ def test_the_whole_audit_reads_and_writes_only_the_bucket(bucket, tmp_path, monk
     assert str(outcome.files.report_json) == "gs://team/audits/ward/report/leakage_audit.json"
 
 
+def test_an_audit_all_in_the_bucket_has_the_figures_of_the_same_audit_on_local_disk(bucket, small_demo, tmp_path):
+    """The demo's splits with every kind of planted leak: manifest, images and outputs in the bucket, against
+    the same files on local disk; every figure, pair and flagged image the same, up to where the files are."""
+    data = small_demo.parent
+    for path in data.rglob("*"):
+        if path.is_file():
+            bucket.blob(f"demo/{path.relative_to(data).as_posix()}").upload_from_filename(str(path))
+    local = run_audit(AuditSettings(manifest_path=str(small_demo), output_dir=str(tmp_path / "out")))
+    remote = run_audit(AuditSettings(manifest_path="gs://team/demo/manifest.csv", output_dir="gs://team/audits/demo",
+                                     scratch_dir=str(tmp_path / "scratch")))
+
+    def same_places(text: str) -> str:
+        return text.replace(str(local.files.root), "gs://team/audits/demo").replace(str(data), "gs://team/demo")
+
+    for name in ("report_json", "flagged_test_images"):
+        here, there = (json.loads(getattr(outcome.files, name).read_text()) for outcome in (local, remote))
+        assert canonical_json(json.loads(same_places(json.dumps(here)))) == canonical_json(there), name
+    report = json.loads(remote.files.report_json.read_text())
+    assert report["verdict"]["per_reason"]["exact_copy"] > 0 and {row["split"] for row in report["coverage"]} == {
+        "train", "val", "test"}
+    for name in ("near_duplicate_pairs", "identities"):
+        here, there = (read_parquet(getattr(outcome.files, name)) for outcome in (local, remote))
+        text_columns = [column for column, kind in here.schema.items() if kind == pl.String]
+        here = here.with_columns(pl.col(text_columns).str.replace(str(data), "gs://team/demo", literal=True))
+        assert_frame_equal(here.sort(here.columns), there.sort(there.columns), check_row_order=False), name
+
+
 def test_new_images_in_the_bucket_start_a_run_that_hashes_only_them(bucket, tmp_path):
     scratch = tmp_path / "scratch"
     _upload_dataset(bucket, scratch, _rows(8))
     settings = AuditSettings(manifest_path="gs://team/scans/manifest.csv", output_dir="gs://team/audits/ward")
     dataset = Dataset(name="ward", splits=DEFAULT_SPLITS)
-    tick = new_data_sensor_ticks(dataset, settings)
+    instance = dg.DagsterInstance.ephemeral()
+    runs = []  # each run the sensor requests, as the daemon would launch it
+    tick = new_data_sensor_ticks(dataset, settings, instance,
+                                 lambda job, request: runs.append(run_as_the_daemon(job, request, instance)))
 
     first = tick(None)
-    run_audit(settings)
+    assert [run.success for run in runs] == [True]
     assert tick(first.cursor).skip_message is not None
     rows = _rows(8)
     for row in rows:
@@ -89,9 +119,9 @@ def test_new_images_in_the_bucket_start_a_run_that_hashes_only_them(bucket, tmp_
     second = tick(first.cursor)
     (request,) = second.run_requests
     assert request.partition_key == "test"
-    # The run the sensor starts: the audit job for the test partition only.
-    result = dg.materialize(build_audit_assets(dataset), partition_key=request.partition_key,
-                            resources={"ward_audit": settings, **shared_resources()})
+    # The run the sensor started: the audit job for the test partition only.
+    result = runs[-1]
+    assert result.success
     (hashes,) = [e.step_materialization_data.materialization for e in result.get_asset_materialization_events()
                  if e.asset_key == dg.AssetKey(["ward", "image_hashes"])]
     assert hashes.partition == "test" and hashes.metadata["hashed"].value == 2

@@ -82,6 +82,7 @@ def test_the_steps_of_one_run_share_the_lock_and_other_runs_are_refused(tmp_path
     assert (tmp_path / LOCK_FILE).read_text() == ""
 
 
+@pytest.mark.slow
 def test_two_cli_audits_on_one_output_directory_never_mix(small_demo, tmp_path):
     """The hostile pass: run A printed run B's test count and the folder held B's manifest beside A's
     hashes. Now the second run refuses (naming the first) or waits; it never writes beside it."""

@@ -14,6 +14,9 @@ from leakage_pipeline.runner import run_audit
 from leakage_pipeline.training.evaluation import LEAK_FREE_SHARED, LEAK_FREE_TEST, LEAKY_SHARED, LEAKY_TEST
 from leakage_pipeline.training.model_files import MODEL_FILE, PREPROCESSING_FILE
 
+# Each test trains through Dagster and Pipes: minutes on two cores.
+pytestmark = pytest.mark.slow
+
 TINY = TrainingSettings(image_size=16, epochs=2, batch_size=32, bootstrap_resamples=50)
 
 
@@ -63,6 +66,15 @@ def test_both_models_train_through_pipes_and_are_evaluated(trained):
         assert files.confusion_image(key).exists()
     assert files.evaluation_markdown.read_text().startswith("# Does leakage move the metric?")
     assert "verdict" in _metadata(outcome, "model_evaluation")
+
+
+def test_each_training_images_partition_counts_its_own_split(trained):
+    outcome, _, _ = trained
+    counted = {event.partition: event.metadata["dagster/row_count"].value
+               for event in outcome.materializations("training_images")}
+    readable = {split: pl.read_parquet(outcome.files.image_hashes(split)).filter(pl.col("status") == "ok").height
+                for split in ("train", "val", "test")}
+    assert counted == readable and counted["train"] > counted["test"]
 
 
 def test_training_progress_comes_back_through_pipes(trained, progress_lines):

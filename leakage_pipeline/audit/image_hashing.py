@@ -10,7 +10,7 @@ cached hash that no longer matched its image (which the cache key should make im
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -84,16 +84,28 @@ def _decode_and_hash(data: bytes, limits: HashLimits, mode: str) -> dict:
             "width": width, "height": height}
 
 
-def hash_image(location: str, limits: HashLimits = HashLimits(), mode: str = HASH_MODE_EXACT) -> dict:
-    """One row of :data:`HASH_SCHEMA` for the image at ``location``, hashed in ``mode``."""
+def hash_image(location: str, limits: HashLimits = HashLimits(), mode: str = HASH_MODE_EXACT,
+               listed: image_source.ObjectStat | None = None,
+               fetched: bytes | image_source.ImageMissing | None = None) -> dict:
+    """One row of :data:`HASH_SCHEMA` for the image at ``location``, hashed in ``mode``.
+
+    ``listed``: its size and version from a listing (:func:`image_source.stat_many`); ``fetched``: its
+    bytes at that version, read ahead (:func:`image_source.read_batch`), else it is read here (a GCS
+    object at the listed generation). If the object changed since the listing, it is looked at afresh.
+    """
     row: dict = {"location": location, "hash_mode": mode}
     try:
-        info = image_source.stat(location)
+        info = listed or image_source.stat(location)
         row.update(size_bytes=info.size, version=info.version)
         if info.size > limits.max_bytes:
             return row | {"status": STATUS_TOO_LARGE, "message": f"{info.size} bytes exceeds {limits.max_bytes}"}
-        data = image_source.read_bytes(location)
+        data = fetched if fetched is not None else image_source.read_bytes(
+            location, info.version if listed and image_source.is_gcs(location) else None)
+        if isinstance(data, image_source.ImageMissing):
+            raise data
     except image_source.ImageMissing as error:
+        if listed is not None:  # rewritten or deleted since the listing
+            return hash_image(location, limits, mode)
         return row | {"status": STATUS_MISSING, "message": str(error)}
     except (OSError, ValueError) as error:  # ValueError: a path the OS refuses, e.g. with a NUL byte
         return row | {"status": STATUS_UNREADABLE, "message": f"{type(error).__name__}: {error}"}
@@ -109,8 +121,7 @@ def empty_hashes() -> pl.DataFrame:
     return _frame([])
 
 
-def _current_identity(locations: list[str], mode: str) -> pl.DataFrame:
-    stats = image_source.stat_many(locations)
+def _current_identity(stats: dict[str, image_source.ObjectStat | None], mode: str) -> pl.DataFrame:
     return pl.DataFrame(
         [{"location": location, "size_bytes": info.size if info else None, "version": info.version if info else None}
          for location, info in stats.items()],
@@ -139,6 +150,24 @@ def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
         yield items[start:start + size]
 
 
+def _fetched_ahead(locations: list[str], stats: dict[str, image_source.ObjectStat | None], limits: HashLimits,
+                   reader: ThreadPoolExecutor) -> Iterator[tuple[list[str], dict]]:
+    """``locations`` in batches, each with the bytes of its listed GCS objects (within the size limit),
+    the next batch fetched by ``reader`` while the caller hashes this one. Local files are read when hashed."""
+    def fetch(batch: list[str]) -> dict:
+        wanted = [location for location in batch if image_source.is_gcs(location) and stats[location] is not None
+                  and stats[location].size <= limits.max_bytes]
+        return image_source.read_batch(wanted, [stats[location].version for location in wanted])
+
+    batches = list(_chunks(locations, image_source.GCS_READ_BATCH))
+    ahead = reader.submit(fetch, batches[0]) if batches else None
+    for index, batch in enumerate(batches):
+        fetched = ahead.result()
+        if index + 1 < len(batches):
+            ahead = reader.submit(fetch, batches[index + 1])
+        yield batch, fetched
+
+
 def hash_images(
     locations: list[str],
     previous: pl.DataFrame | None = None,
@@ -160,14 +189,16 @@ def hash_images(
     ``checkpoint`` receives each finished chunk of new rows, so a caller can persist
     progress; feeding those rows back as ``previous`` resumes a killed run. ``progress`` hears
     how many of the images to hash are done.
-    Threads overlap reading with decoding; Pillow and hashlib release the GIL while they work.
+    Sizes and versions come from one listing (GCS) or ``stat`` each (local). ``workers`` threads
+    hash (Pillow, numba and hashlib release the GIL); GCS objects are fetched a batch ahead.
     """
     if mode not in HASH_MODES:
         raise ValueError(f"unknown hash mode {mode!r}; use one of {HASH_MODES}")
     unique_locations = list(dict.fromkeys(locations))
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    stats = image_source.stat_many(unique_locations)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, ThreadPoolExecutor(max_workers=1) as reader:
         cached = (
-            reusable_rows(_current_identity(unique_locations, mode), previous)
+            reusable_rows(_current_identity(stats, mode), previous)
             if previous is not None and previous.height
             else empty_hashes()
         )
@@ -178,9 +209,10 @@ def hash_images(
         hashing = start_progress(progress, len(todo), "images")
         for chunk in _chunks(todo, chunk_size):
             rows = []
-            for row in pool.map(lambda loc: hash_image(loc, limits, mode), chunk):
-                rows.append(row)
-                hashing.advance()
+            for batch, fetched in _fetched_ahead(chunk, stats, limits, reader):
+                for row in pool.map(lambda loc: hash_image(loc, limits, mode, stats[loc], fetched.get(loc)), batch):
+                    rows.append(row)
+                    hashing.advance()
             part = _frame(rows)
             if checkpoint is not None:
                 checkpoint(part)

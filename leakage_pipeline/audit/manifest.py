@@ -22,7 +22,7 @@ import polars as pl
 
 from leakage_pipeline.audit.demographics import DEMOGRAPHIC_COLUMNS
 from leakage_pipeline.audit.image_source import is_within, resolve_uri
-from leakage_pipeline.storage.locations import UnsupportedLocation, is_local, location
+from leakage_pipeline.storage.locations import UnsupportedLocation, check_location, is_local, location
 
 REQUIRED_COLUMNS = ("image_uri", "patient_id", "label")
 # Demographics (age in years, sex, body site) are optional: identity links are checked against them.
@@ -116,15 +116,18 @@ def _rows(mask: pl.Series) -> str:
 
 
 def _as_text(raw: pl.DataFrame, source: str, canonical: str, origin: str) -> pl.Expr:
-    """Column ``source`` as stripped text with null-like cells as null; nested columns are refused."""
+    """Column ``source`` as text (stripped, but for image URIs) with null-like cells as null; nested columns are refused."""
     dtype = raw.schema[source]
     if dtype.is_nested() or dtype in (pl.Binary, pl.Object):
         raise ManifestError(
             f"manifest {origin}: column {source!r} ({canonical}) holds {dtype} values; "
             f"it must hold one text or number per row"
         )
-    text = pl.col(source).cast(pl.String).str.strip_chars()
-    return pl.when(text.str.to_lowercase().is_in(NULL_LIKE_VALUES)).then(None).otherwise(text).alias(canonical)
+    text = pl.col(source).cast(pl.String)
+    stripped = text.str.strip_chars()
+    # A path is taken as written: " a.png" is another file than "a.png" (ids and labels are trimmed).
+    value = text if canonical == "image_uri" else stripped
+    return pl.when(stripped.str.to_lowercase().is_in(NULL_LIKE_VALUES)).then(None).otherwise(value).alias(canonical)
 
 
 def fill_missing_patient_ids(frame: pl.DataFrame) -> pl.DataFrame:
@@ -221,6 +224,14 @@ class LocationRules:
     resolve_symlinks: bool = False
 
 
+def _supported(uri: str) -> bool:
+    try:
+        check_location(uri)
+    except UnsupportedLocation:
+        return False
+    return True
+
+
 def add_locations(frame: pl.DataFrame, rules: LocationRules, origin: str) -> pl.DataFrame:
     """Add ``location``, the canonical form of each ``image_uri``, and refuse what it reveals.
 
@@ -229,6 +240,12 @@ def add_locations(frame: pl.DataFrame, rules: LocationRules, origin: str) -> pl.
     A location outside the image root (``../../etc/passwd``, an absolute path elsewhere) is an error
     unless the rules allow it.
     """
+    foreign = pl.Series([not _supported(uri) for uri in frame["image_uri"]], dtype=pl.Boolean)
+    if foreign.any():
+        raise ManifestError(
+            f"manifest {origin}: image_uri is neither a local path nor gs://bucket/object in {_rows(foreign)}, "
+            f"e.g. {frame.filter(foreign)['image_uri'].head(3).to_list()}"
+        )
     root = resolve_uri(".", rules.image_root, rules.resolve_symlinks)
     locations = pl.Series(
         "location", [resolve_uri(uri, root, rules.resolve_symlinks) for uri in frame["image_uri"]], pl.String)

@@ -20,6 +20,7 @@ from PIL import Image
 HASH_MODE_EXACT = "exact"
 HASH_MODE_FAST = "fast"
 HASH_MODES = (HASH_MODE_EXACT, HASH_MODE_FAST)
+HASH_BITS = 64  # each hash's length: a Hamming radius is at most this
 _PHASH_SIZE = 32  # hash_size 8 x highfreq_factor 4, as imagehash's defaults
 _DHASH_SIZE = (9, 8)  # (width, height): 8 horizontal differences per row
 # Fast mode asks the JPEG decoder for at least this many pixels a side: the 32x32 thumbnail

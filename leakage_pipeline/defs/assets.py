@@ -96,13 +96,22 @@ def split_integrity(step: Step) -> dg.MaterializeResult:
     })
 
 
-def _previous_hashes(files: OutputFiles, split: str) -> pl.DataFrame | None:
-    """Last finished hashes of the split plus any chunks a killed run left behind."""
+def _previous_hashes(step: Step, split: str) -> pl.DataFrame | None:
+    """Last finished hashes of the split plus any chunks a killed run left behind. A cache file that
+    cannot be read (truncated, overwritten) is only a cache: its images are hashed again."""
+    files = step.files
     sources = [files.image_hashes(split)] if files.image_hashes(split).exists() else []
     progress = files.hash_progress(split)
     if progress.exists():
         sources += sorted(progress.glob("*.parquet"))
-    return pl.concat([read_parquet(p) for p in sources], how="diagonal_relaxed") if sources else None
+    frames = []
+    for source in sources:
+        try:
+            frames.append(read_parquet(source))
+        except (pl.exceptions.PolarsError, OSError) as error:
+            step.log.warning(f"hash cache {source} is unreadable ({type(error).__name__}: {error}); "
+                             "its images are hashed again")
+    return pl.concat(frames, how="diagonal_relaxed") if frames else None
 
 
 def _chunk_writer(folder: UPath, run_token: str) -> Callable[[pl.DataFrame], None]:
@@ -126,7 +135,7 @@ def hash_split(step: Step, split: str) -> dict:
     in_progress = files.hash_progress(split)
     in_progress.mkdir(parents=True, exist_ok=True)
     run_token = secrets.token_hex(4)  # this run's checkpoint names never collide with another's
-    run = hash_images(locations, _previous_hashes(files, split), workers=step.audit.hash_workers,
+    run = hash_images(locations, _previous_hashes(step, split), workers=step.audit.hash_workers,
                       checkpoint=_chunk_writer(in_progress, run_token), mode=step.audit.hash_mode,
                       verify=_verifies_cache(step), progress=ProgressReporter(step.log.info, f"hashing {split}"))
     write_parquet(run.hashes, files.image_hashes(split))
@@ -144,22 +153,23 @@ def image_hashes(step: Step, summaries: dict[str, dict]) -> dg.MaterializeResult
     reported (metadata and ``image_hashes/stale_cached_hashes.json``).
     """
     files = step.files
+    verifies = _verifies_cache(step)
     for split, summary in summaries.items():  # each split partition shows its own counts in the UI
+        stale = pl.DataFrame(summary["stale"], schema={**STALE_SCHEMA, "split": pl.String})
         step.context.add_asset_metadata({
             "dagster/row_count": summary["rows"], "hashed": summary["hashed"], "reused": summary["reused"],
             "status_counts": dg.MetadataValue.json(summary["status_counts"]),
             "path": dg.MetadataValue.path(str(files.image_hashes(split))),
+            **({"stale_cached_hashes": stale.height, "stale_examples": markdown_metadata(stale, 10)} if verifies else {}),
         }, partition_key=split)
     verification = {}
-    if _verifies_cache(step):
+    if verifies:
         stale = [entry for summary in summaries.values() for entry in summary["stale"]]
         write_json({"verified_at": datetime.now(UTC).isoformat(timespec="seconds"), "splits": list(summaries),
                     "stale_count": len(stale), "stale": stale}, files.stale_cached_hashes)
         if stale:
             step.log.warning(f"{len(stale)} cached hash(es) were stale; they are replaced now")
-        stale_frame = pl.DataFrame(stale, schema={**STALE_SCHEMA, "split": pl.String})
-        verification = {"stale_cached_hashes": len(stale), "stale_examples": markdown_metadata(stale_frame, 10),
-                        "verification": dg.MetadataValue.path(str(files.stale_cached_hashes))}
+        verification = {"verification": dg.MetadataValue.path(str(files.stale_cached_hashes))}
     status_counts = {status: sum(summary["status_counts"][status] for summary in summaries.values())
                      for status in STATUSES}
     step.log.info(f"hashed {sum(s['hashed'] for s in summaries.values())}, "
@@ -292,7 +302,7 @@ def build_audit_assets(dataset: Dataset) -> list[dg.AssetsDefinition]:
         return dataset_asset(dataset, body, group=GROUP, **spec)
 
     return [
-        asset(manifest, kinds={"polars", "parquet"}),
+        asset(manifest, kinds={"polars", "parquet"}, reads_storage=True),
         asset(split_assignments, deps=["manifest"], kinds={"polars", "parquet"}),
         asset(split_integrity, deps=["split_assignments"], kinds={"polars", "json"}),
         dataset_asset_per_split(dataset, hash_split, image_hashes, group=GROUP, after="split_assignments",

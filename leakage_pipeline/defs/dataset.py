@@ -26,7 +26,7 @@ from typing import Any
 
 import dagster as dg
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from leakage_pipeline.defs.settings import AuditSettings, TrainingSettings
 from leakage_pipeline.defs.training_pod import TrainingPod
@@ -51,8 +51,10 @@ class Dataset(BaseModel):
     audit: dict[str, Any] = {}
     training: dict[str, Any] = {}
     training_pod: dict[str, Any] | None = None  # train in a Kubernetes pod (see defs/training_pod.py)
+    owners: tuple[str, ...] = ()  # e-mail addresses or "team:NAME", shown on every asset of the dataset
+    tags: dict[str, str] = {}  # asset tags (Dagster's key and value rules), on every asset of the dataset
     nightly_audit_cron: str = "0 2 * * *"  # UTC
-    new_data_interval_seconds: int = 60  # how often the sensor looks for new or changed images
+    new_data_interval_seconds: int = Field(default=60, ge=1)  # how often the sensor looks for new or changed images
 
     @field_validator("name")
     @classmethod
@@ -73,22 +75,59 @@ class Dataset(BaseModel):
             raise ValueError(f"split names {bad} may hold only letters, digits, _ and -")
         return splits
 
+    @field_validator("owners", "tags")
+    @classmethod
+    def _accepted_by_dagster(cls, value, info: ValidationInfo):
+        try:  # Dagster's own rules for an asset's owners and tags, checked here, where the file is named
+            dg.AssetSpec(key="dataset", **{info.field_name: list(value) if info.field_name == "owners" else value})
+        except dg.DagsterInvalidDefinitionError as error:
+            raise ValueError(str(error).replace(" for asset 'AssetKey(['dataset'])'", "")) from None
+        return value
+
     @property
     def test_split(self) -> str:
         return self.splits[-1]
+
+    @property
+    def pool(self) -> str:
+        """The concurrency pool of every step of the dataset: with the instance's pools at run granularity
+        and a limit of 1 (deploy/dagster.yaml), its runs (audit, training, backfill) queue one after another
+        instead of meeting at the output lock."""
+        return f"leakage_pipeline/{self.name}"
 
     def resource_key(self, kind: str) -> str:
         """The key of this dataset's ``audit`` or ``training`` resource."""
         return f"{self.name}_{kind}"
 
     def audit_settings(self) -> AuditSettings:
-        return AuditSettings(**_with_environment(self.audit))
+        return _settings(AuditSettings, "audit", self.audit)
 
     def training_settings(self) -> TrainingSettings:
-        return TrainingSettings(**_with_environment(self.training))
+        return _settings(TrainingSettings, "training", self.training)
 
     def training_pod_settings(self) -> TrainingPod | None:
-        return None if self.training_pod is None else TrainingPod(**_with_environment(self.training_pod))
+        return None if self.training_pod is None else _settings(TrainingPod, "training_pod", self.training_pod)
+
+
+def _settings(model: type[dg.ConfigurableResource], section: str, values: dict[str, Any]):
+    """``model`` made from one section of the YAML; a ValueError naming each wrong key of the section,
+    with the keys it allows when the key is unknown."""
+    try:
+        return model(**_with_environment(values))
+    except ValidationError as error:
+        raise ValueError(describe_problems(error, model, section)) from None
+
+
+def describe_problems(error: ValidationError, model: type[BaseModel] | None = None, section: str | None = None) -> str:
+    """Each wrong key as ``section.key: what is wrong (got value)``; an unknown key with the keys allowed."""
+    problems = []
+    for problem in error.errors():
+        key = ".".join(str(part) for part in (*([section] if section else []), *problem["loc"]))
+        if problem["type"] == "extra_forbidden" and model is not None:
+            problems.append(f"{key}: unknown key; {section or 'the top level'} allows {', '.join(model.model_fields)}")
+        else:
+            problems.append(f"{key}: {problem['msg'].removeprefix('Value error, ')} (got {problem['input']!r})")
+    return "; ".join(problems)
 
 
 def _with_environment(values: dict[str, Any]) -> dict[str, Any]:
@@ -108,10 +147,15 @@ def load_dataset(path: Path) -> Dataset:
     """The dataset described by the YAML file ``path``, validated with its settings."""
     try:
         dataset = Dataset.model_validate(yaml.safe_load(path.read_text()) or {})
+    except ValidationError as error:
+        raise DatasetError(f"dataset file {path}: {describe_problems(error, Dataset)}") from error
+    except (yaml.YAMLError, TypeError) as error:
+        raise DatasetError(f"dataset file {path}: {error}") from error
+    try:
         dataset.audit_settings()
         dataset.training_settings()
         dataset.training_pod_settings()
-    except (ValidationError, yaml.YAMLError, TypeError) as error:
+    except (ValueError, TypeError) as error:
         raise DatasetError(f"dataset file {path}: {error}") from error
     return dataset
 

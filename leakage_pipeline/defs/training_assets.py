@@ -91,11 +91,12 @@ def store_split(step: Step, split: str) -> dict:
 def training_images(step: Step, per_split: dict[str, dict]) -> dg.MaterializeResult:
     """Every readable image of the split, decoded and resized once into a uint8 array store."""
     training = step.training
+    for split, summary in per_split.items():  # each split partition shows its own counts in the UI
+        step.context.add_asset_metadata({
+            "dagster/row_count": summary["images"], "decoded": summary["decoded"], "reused": summary["reused"],
+            "excluded": sum(summary["excluded"].values()), "excluded_by_status": dg.MetadataValue.json(summary["excluded"]),
+        }, partition_key=split)
     return dg.MaterializeResult(metadata={
-        "dagster/row_count": sum(s["images"] for s in per_split.values()),
-        "decoded": sum(s["decoded"] for s in per_split.values()),
-        "excluded": sum(n for s in per_split.values() for n in s["excluded"].values()),
-        "per_split": dg.MetadataValue.json(per_split),
         "shape": f"{training.channels} x {training.image_size} x {training.image_size} uint8",
     })
 

@@ -13,6 +13,7 @@ its log and metadata to the run through Pipes. ``dagster-k8s`` comes with the ``
 """
 
 import dagster as dg
+from pydantic import ConfigDict
 
 SCRATCH_MOUNT = "/scratch"  # the pod's local copies of stores and models (an emptyDir)
 
@@ -26,6 +27,8 @@ class Toleration(dg.Config):
 
 class TrainingPod(dg.ConfigurableResource):
     """The pod a dataset's models train in: its image, GPUs, CPU and memory, and where it may run."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt key must not leave the default in force
 
     image: str
     namespace: str | None = None  # default: the run's own

@@ -12,7 +12,7 @@ import hashlib
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -114,9 +114,11 @@ class Decoded:
     keypoints: Keypoints | None
 
 
-def _decode(location: str, size: int | None, keypoint_settings: KeypointSettings | None) -> Decoded | None:
+def _decode(location: str, size: int | None, keypoint_settings: KeypointSettings | None,
+            cpu: AbstractContextManager) -> Decoded | None:
     try:
-        with open_image(image_source.read_bytes(location)) as image:
+        data = image_source.read_bytes(location)
+        with cpu, open_image(data) as image:
             image.load()
             return Decoded(
                 embedding_input(image, size) if size else None,
@@ -192,10 +194,10 @@ def decode_needed(readable: pl.DataFrame, plan: FeaturePlan, settings: MatcherSe
     need_pixels = set(plan.embed_todo["location"].to_list())
     need_keypoints = set(plan.keypoint_todo["location"].to_list())
     to_decode = [loc for loc in readable["location"].to_list() if loc in need_pixels or loc in need_keypoints]
-    with ThreadPoolExecutor(max_workers=max(1, settings.workers)) as pool:
+    with image_source.reading_pool(to_decode, settings.workers) as (pool, cpu):
         decoded = dict(zip(to_decode, pool.map(
             lambda loc: _decode(loc, settings.embedding.image_size if loc in need_pixels else None,
-                                settings.keypoints if loc in need_keypoints else None), to_decode), strict=True))
+                                settings.keypoints if loc in need_keypoints else None, cpu), to_decode), strict=True))
     undecodable = {loc for loc, item in decoded.items() if item is None}
     return {loc: item for loc, item in decoded.items() if item is not None}, undecodable
 

@@ -25,6 +25,27 @@ from leakage_pipeline.storage.locations import is_local, location
 Location = str | os.PathLike | UPath
 
 
+class OutputUnusable(ValueError):
+    """The output directory is a file, or cannot be made or written; the message names it."""
+
+
+def check_writable_folder(path: Location) -> None:
+    """A local ``path`` is (or is made) a folder this process can write in; :class:`OutputUnusable` if not.
+    A ``gs://`` prefix is the bucket's to judge (see :func:`leakage_pipeline.audit.image_source.check_gcs_reachable`)."""
+    target = location(path)
+    if not is_local(target):
+        return
+    folder = Path(target.path)
+    if folder.exists() and not folder.is_dir():
+        raise OutputUnusable(f"output directory {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise OutputUnusable(f"output directory {folder} cannot be written: {error.strerror or error}") from error
+
+
 def unique_partial_name(path: Path) -> Path:
     """A hidden sibling of ``path`` that no other process or call will use."""
     return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial{path.suffix}")

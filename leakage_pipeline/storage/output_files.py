@@ -39,6 +39,17 @@ class OutputFiles:
             return Path(path.path)
         return self.scratch / path.relative_to(self.root).as_posix()
 
+    def writes_over(self, path: UPath) -> bool:
+        """Whether ``path`` is one of the files, or lies in one of the folders, this layout writes."""
+        if is_local(self.root) != is_local(path):
+            return False
+        path = path.absolute() if is_local(path) else path
+        owned = {written.relative_to(self.root).parts[0] for written in (
+            self.manifest, self.split_assignments, self.split_integrity, self.image_hashes("-"),
+            self.split_step_summary("-", "-"), self.near_duplicate_pairs, self.same_subject_pairs, self.same_subject_dir,
+            self.identities, self.leak_free.root, self.report_dir, self.training_dir)}
+        return any(path == self.root / name or self.root / name in path.parents for name in owned)
+
     @property
     def manifest(self) -> UPath:
         return self.root / "manifest.parquet"

@@ -9,7 +9,7 @@ last, so a killed build leaves the previous store intact. Rows are keyed by the 
 from __future__ import annotations
 
 import secrets
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,9 +77,11 @@ def open_stores(directories: list[Path]) -> ImageStore:
     return ImageStore(index=index, parts=tuple(array for _, array in opened))
 
 
-def _decode(location: str, preprocessing: Preprocessing) -> np.ndarray | None:
+def _decode(location: str, preprocessing: Preprocessing, cpu: AbstractContextManager) -> np.ndarray | None:
     try:
-        return preprocessing.bytes_to_array(image_source.read_bytes(location))
+        data = image_source.read_bytes(location)
+        with cpu:
+            return preprocessing.bytes_to_array(data)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
         return None
 
@@ -112,8 +114,9 @@ def build_store(
         array[: reused.height] = previous_images[reused["old_row"].to_numpy()]
     failed: set[str] = set()
     decoding = start_progress(progress, to_decode.height, "images")
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        decoded = pool.map(lambda location: _decode(location, preprocessing), to_decode["location"].to_list())
+    locations = to_decode["location"].to_list()
+    with image_source.reading_pool(locations, workers) as (pool, cpu):
+        decoded = pool.map(lambda location: _decode(location, preprocessing, cpu), locations)
         for offset, (sha, image) in enumerate(zip(to_decode["sha256"].to_list(), decoded, strict=True)):
             if image is None:
                 failed.add(sha)
