@@ -9,10 +9,13 @@ one uses (the report's trusted hash radii; the calibrated inlier threshold). Pre
 every accepted pair of every val and test image, recall over the re-shots. Then the cost of each
 step (images/s, queries/s, pairs/s, bytes per image) and its projection to 1M images.
 
+``--ham DIR`` audits HAM10000 photos split by lesion (see ``bench/ham_lesions.py``): recall of the
+re-photographed lesions and precision, hashes and matcher side by side, with the stage's wall time.
 ``--ukbench DIR`` adds a verification-only check on real photographs (every pair of its images,
 same photo or not), ``--kermany DIR`` a full audit of that chest X-ray set (slow: minutes).
 
-    python -m bench.same_subject [--dir .bench_same_subject] [--ukbench ../shared/datasets/ukbench-dups]
+    python -m bench.same_subject [--dir .bench_same_subject] [--ham ../shared/datasets/ham10000-train [--ham-only]]
+                                 [--ukbench ../shared/datasets/ukbench-dups]
                                  [--kermany ../shared/datasets/kermany-cxr-224]
 """
 
@@ -128,12 +131,15 @@ def _cost(summary: dict, files: OutputFiles, hnsw_rate: float, hnsw_references: 
     bytes_per_image = (files.same_subject_dir / "keypoints.parquet").stat().st_size / images + \
         (files.same_subject_dir / "embeddings.parquet").stat().st_size / images
     queries = MILLION * QUERY_SHARE
-    pairs = queries * summary["top_k"]
+    # At most: words and colour add only candidates the embedding did not propose.
+    per_query = summary["top_k"] + summary.get("words_top_k", 0) + summary.get("colour_top_k", 0)
+    pairs = queries * per_query
     steps_per_image = cost["embedding_training_seconds"] / summary["model"]["training_images"]
     projection = {
         "decode + keypoints": MILLION / keypoint_rate,
         "embedding (inference)": MILLION / embed_rate,
         "embedding training (70% train, same epochs)": steps_per_image * MILLION * 0.7,
+        "visual words (vocabulary, quantisation)": MILLION * cost["visual_words_seconds"] / images,
         "search (HNSW)": queries / hnsw_rate,
         "verification": pairs / verify_rate,
     }
@@ -144,11 +150,11 @@ def _cost(summary: dict, files: OutputFiles, hnsw_rate: float, hnsw_references: 
             ["search (flat, this size)", f"{search_rate:.0f} queries/s", ""],
             [f"search (HNSW, {hnsw_references} references)", f"{hnsw_rate:.0f} queries/s",
              "its cost grows about with log N"],
-            ["verification", f"{verify_rate:.0f} pairs/s", f"{summary['top_k']} candidates per query"],
+            ["verification", f"{verify_rate:.0f} pairs/s", f"up to {per_query} candidates per query"],
             ["cache", f"{bytes_per_image / 1024:.1f} KiB/image", f"{bytes_per_image * MILLION / 2**30:.0f} GiB per 1M"]]
     rows += [[f"1M images: {step}", f"{seconds / 3600:.1f} h", "same cores"] for step, seconds in projection.items()]
     rows.append(["1M images: total", f"{sum(projection.values()) / 3600:.1f} h",
-                 f"{QUERY_SHARE:.0%} of images queried, {summary['top_k']} pairs each"])
+                 f"{QUERY_SHARE:.0%} of images queried, up to {per_query} pairs each"])
     return rows
 
 
@@ -210,15 +216,47 @@ def _ukbench(directory: Path) -> str:
             + _table(["criterion", "precision (true/accepted)", "recall (found/true)"], rows))
 
 
+def _ham(ham_dir: Path, work: Path, fresh: bool) -> None:
+    """Audit the lesion split of ``ham_dir`` and print its table; ``fresh``: recompute every cached feature."""
+    from bench.ham_lesions import lesion_scores, lesion_split_manifest
+
+    out = work / "ham_out"
+    if fresh:
+        shutil.rmtree(out, ignore_errors=True)
+    manifest = lesion_split_manifest(ham_dir, work / "ham_manifest.csv")
+    start = time.perf_counter()
+    run_audit(AuditSettings(manifest_path=str(work / "ham_manifest.csv"), output_dir=str(out), image_root="/",
+                            columns="image_uri=image_path,patient_id=lesion_id,body_site=site"), log_level="CRITICAL")
+    seconds = time.perf_counter() - start
+    rows, summary = lesion_scores(manifest, out)
+    counts = manifest.group_by("split").len().sort("split").iter_rows()
+    print(f"\nham10000 by lesion ({', '.join(f'{s} {n}' for s, n in counts)}): audit {seconds:.0f} s, "
+          f"same-subject stage {sum(v for k, v in summary['cost'].items() if k.endswith('seconds')):.0f} s "
+          f"({'fresh' if fresh else 'cached features reused'})\n")
+    print(_table(["method", "recall@1", "recall@5", "threshold", "precision (all accepted val/test pairs)",
+                  "recall (queries with a train photo of their lesion)"], rows))
+    calibration = summary["calibration"]
+    print(f"\nCalibration (train): threshold {calibration['threshold']}, precision {calibration['precision']}, "
+          f"estimated on the audited mix {calibration['audited_precision']}, {calibration['true_pairs']} same-lesion "
+          f"and {calibration['false_pairs']} other pairs; cost {json.dumps(summary['cost'])}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path(".bench_same_subject"))
+    parser.add_argument("--ham", type=Path, help="HAM10000 photos with lesion ids (manifest.csv)")
+    parser.add_argument("--ham-only", action="store_true", help="skip the demo")
+    parser.add_argument("--ham-cached", action="store_true", help="reuse the HAM run's cached features")
     parser.add_argument("--ukbench", type=Path)
     parser.add_argument("--kermany", type=Path)
     parser.add_argument("--hnsw-references", type=int, default=200_000,
                         help="references in the HNSW search measurement (1M takes minutes to build)")
     args = parser.parse_args()
     data_dir, out = args.dir / "data", args.dir / "out"
+    if args.ham:
+        _ham(args.ham, args.dir, fresh=not args.ham_cached)
+        if args.ham_only:
+            return
     if not (data_dir / "manifest.csv").exists():
         build_demo_dataset(data_dir)
     shutil.rmtree(out, ignore_errors=True)  # a fresh run, so every cost is measured, none reused

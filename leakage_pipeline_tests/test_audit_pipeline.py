@@ -7,6 +7,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from leakage_pipeline.audit.demographics import DEMOGRAPHIC_COLUMNS
 from leakage_pipeline.audit.image_hashing import HASH_SCHEMA, STALE_SCHEMA
 from leakage_pipeline.audit.manifest import CANONICAL_COLUMNS
 from leakage_pipeline.audit.matching import PAIR_SCHEMA
@@ -117,7 +118,8 @@ def test_no_manifest_column_can_replace_or_clash_with_a_computed_one(audited, tm
     internal name, as a manifest column at once, now changes nothing but the carried extras."""
     clean, manifest = audited
     table = pl.read_csv(manifest, infer_schema=False)
-    internal = sorted(_internal_column_names(clean) - set(table.columns))
+    # Demographic columns are optional manifest inputs (read, never computed), not internal names.
+    internal = sorted(_internal_column_names(clean) - set(table.columns) - set(DEMOGRAPHIC_COLUMNS))
     assert {"sha256", "status", "phash", "dhash", "detail", "split_source", "location", "row", "message",
             "width", "height", "version", "size_bytes", "hash_mode", "identity_level"} <= set(internal) | set(
         table.columns)

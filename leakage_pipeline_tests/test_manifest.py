@@ -21,8 +21,8 @@ MAPPING = ColumnMapping.parse("image_uri=path,patient_id=pid,label=dx")
 
 def test_reads_csv_with_mapped_columns_and_carries_extras(tmp_path):
     frame = load_manifest(write_manifest(tmp_path / "m.csv", rows()), MAPPING, SPLITS)
-    assert frame.columns == ["row", "image_uri", "patient_id", "label", "split", "case_id", "vendor",
-                             "identity_level", "extra__site"]
+    assert frame.columns == ["row", "image_uri", "patient_id", "label", "split", "case_id", "vendor", "age", "sex",
+                             "body_site", "identity_level", "extra__site"]
     assert frame["extra__site"].to_list() == ["x"] * 3
     assert frame["row"].to_list() == [1, 2, 3]
     assert frame["case_id"].null_count() == 3

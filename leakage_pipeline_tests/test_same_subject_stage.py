@@ -110,3 +110,16 @@ def test_code_location_loads_without_faiss_or_opencv():
                                "print(sorted(m for m in ('faiss', 'cv2') if m in sys.modules))"],
         capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"
+
+
+def test_a_cache_of_another_layout_is_replaced_not_joined(tmp_path):
+    from leakage_pipeline.same_subject import feature_cache
+
+    key = {"location": ["/a.png"], "size_bytes": [1], "version": ["v1"], "hash_mode": ["exact"], "status": ["ok"]}
+    path = tmp_path / "embeddings.parquet"
+    feature_cache.store(pl.DataFrame(), pl.DataFrame({**key, "tag": ["old"], "embedding": [[0.5]]}), path)
+    reused, todo = feature_cache.split_by_cache(pl.DataFrame(key), feature_cache.read_cache(path), "new")
+    assert reused.is_empty() and todo.height == 1
+    stored = feature_cache.store(reused, todo.with_columns(tag=pl.lit("new"), embedding=pl.lit([0.5]),
+                                                           colour=pl.lit([1.0])), path)
+    assert stored["tag"].to_list() == ["new"] and "colour" in stored.columns

@@ -1,7 +1,7 @@
 """Reading and validating an image manifest (CSV or Parquet) into a canonical polars frame.
 
 Real manifests name their columns differently, so the caller maps canonical names
-(``image_uri``, ``patient_id``, ``label``, ``split``, ``case_id``, ``vendor``) to the
+(``image_uri``, ``patient_id``, ``label``, ``split``, ``case_id``, ``vendor``, ``age``, ``sex``, ``body_site``) to the
 file's own. Every problem is reported with the column or the 1-based data row numbers
 (the header is row 0), so a user can open the file and fix it.
 
@@ -20,11 +20,13 @@ from pathlib import Path
 
 import polars as pl
 
+from leakage_pipeline.audit.demographics import DEMOGRAPHIC_COLUMNS
 from leakage_pipeline.audit.image_source import is_within, resolve_uri
 from leakage_pipeline.storage.locations import UnsupportedLocation, check_location, is_local, location
 
 REQUIRED_COLUMNS = ("image_uri", "patient_id", "label")
-OPTIONAL_COLUMNS = ("split", "case_id", "vendor")
+# Demographics (age in years, sex, body site) are optional: identity links are checked against them.
+OPTIONAL_COLUMNS = ("split", "case_id", "vendor", *DEMOGRAPHIC_COLUMNS)
 CANONICAL_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 # The manifest's own other columns, carried through under this prefix.
 EXTRA_PREFIX = "extra__"
@@ -195,6 +197,12 @@ def canonicalize(
                 f"manifest {origin}: column {columns.source('split')!r} (split) has unknown split name(s) "
                 f"{values} in {_rows(unknown)}; allowed: {', '.join(split_names)}"
             )
+    not_a_number = frame["age"].is_not_null() & ~(frame["age"].cast(pl.Float64, strict=False) >= 0).fill_null(False)
+    if not_a_number.any():
+        raise ManifestError(
+            f"manifest {origin}: column {columns.source('age')!r} (age) is not a number of years (0 or more) in "
+            f"{_rows(not_a_number)}, e.g. {frame.filter(not_a_number)['age'][0]!r}"
+        )
     extras = [c for c in frame.columns if c.startswith(EXTRA_PREFIX)]
     return fill_missing_patient_ids(frame).select(["row", *CANONICAL_COLUMNS, "identity_level", *extras])
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from leakage_pipeline.audit.demographics import demographics_section
 from leakage_pipeline.audit.identity import identities, identity_clusters, identity_edges
 from leakage_pipeline.audit.image_hashing import STATUS_OK
 from leakage_pipeline.audit.integrity import IntegrityFindings
@@ -51,6 +52,8 @@ class ReportSettings:
     trusted_radius: dict[str, int] | None = None
     # Below this share of readable test images the audit cannot vouch for the test split.
     min_test_coverage: float = 0.9
+    # Two linked images whose ages differ by more than this (years) disagree: visits can be years apart.
+    age_tolerance_years: float = 5.0
 
 
 def _records(frame: pl.DataFrame, limit: int | None = None) -> list[dict]:
@@ -375,6 +378,9 @@ def build_report(
     # Pairs that tie two patient ids into one identity: trusted duplicates and accepted same-subject pairs.
     linking = kept if accepted is None else pl.concat([kept.select(_LINK_COLUMNS), accepted.select(_LINK_COLUMNS)])
     identity_table = identities(images["patient_id"], identity_edges(images, linking))
+    link_kinds = [kept.select("query_location", "reference_location", link="matched_by")]
+    if accepted is not None:
+        link_kinds.append(accepted.select("query_location", "reference_location", link=pl.lit("same_subject")))
     reasons = leak_reasons(images, kept, identity_table, split_order, accepted)
     flagged = flagged_images(images, reasons)
     ids_given = patient_ids_given(images)
@@ -395,6 +401,7 @@ def build_report(
         "trusted_radius": trusted,
         "patient_links": patient_links(linking, identity_table),
         "same_subject": same_subject_section(same_subject_summary),
+        "link_demographics": demographics_section(images, pl.concat(link_kinds), settings.age_tolerance_years),
         "flagged": flagged_section(flagged, split_order),
         "verdict": verdict(images, flagged, findings, split_order, settings, ids_given),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from leakage_pipeline.audit.demographics import DEMOGRAPHIC_COLUMNS
 from leakage_pipeline.audit.leak_reasons import LEAK_REASONS
 from leakage_pipeline.markdown_tables import markdown_table
 
@@ -45,6 +46,33 @@ def same_subject_markdown(section: dict | None) -> list[str]:
         f"{calibration['precision']:.3f} ({calibration['true_accepted']} true, {calibration['false_accepted']} "
         f"false), recall {calibration['recall']:.3f} of same-patient pairs; estimated precision on the audited "
         f"pairs' own mix of true and false candidates {calibration['audited_precision']:.3f}.{review}"]
+
+
+def link_demographics_markdown(section: dict | None) -> list[str]:
+    """Identity links whose two images disagree on sex, body site or age: a table to review, with both images."""
+    if not section:
+        return []
+    parts = ["## Demographics of linked patient ids"]
+    if not section["checked"]:
+        return parts + [f"Not checked: {section['reason']}."]
+    parts.append(
+        f"Of {section['links']} linked pairs of patient ids, {section['conflict']} disagree on "
+        f"{', '.join(c.replace('_', ' ') for c in section['columns_given'])} (age by more than {section['age_tolerance_years']:g} years): "
+        f"review them; {section['consistent']} agree; {section['not_comparable']} could not be compared (a value not "
+        "given). Links are kept either way: demographics neither merge nor split identities.")
+    conflicts = [r for r in section["link_rows"] if r["status"] == "conflict"]
+
+    def values(row: dict, side: str) -> str:
+        return ", ".join(f"{c.replace('_', ' ')} {row[f'{side}_{c}']}" for c in DEMOGRAPHIC_COLUMNS
+                         if row[f"{side}_{c}"] is not None)
+
+    if conflicts:
+        parts.append(markdown_table(
+            ["patient", "image", "values", "linked patient", "image", "values", "disagree on", "linked by"],
+            [[r["query_patient_id"], r["query_image_uri"], values(r, "query"), r["reference_patient_id"],
+              r["reference_image_uri"], values(r, "reference"), ", ".join(r["disagree"]), ", ".join(r["links"])]
+             for r in conflicts[:_SHOWN_ROWS]]))
+    return parts
 
 
 def _label_agreement_markdown(report: dict) -> list[str]:
@@ -133,6 +161,7 @@ def report_markdown(report: dict) -> str:
     parts += _label_agreement_markdown(report)
     parts += _patient_links_markdown(report["patient_links"])
     parts += same_subject_markdown(report.get("same_subject"))
+    parts += link_demographics_markdown(report.get("link_demographics"))
     parts += [
         f"## Flagged images ({flagged['count']})",
         markdown_table(

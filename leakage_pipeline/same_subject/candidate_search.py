@@ -1,4 +1,10 @@
-"""Candidate pairs: each later-split image's nearest earlier-split images by embedding (faiss).
+"""Candidate pairs: each later-split image's nearest earlier-split images by embedding (faiss), and by colour.
+
+The learned embedding proposes most re-shots, but a small shift in its weights (another CPU's float rounding in
+training) reorders its neighbours, and a re-shot just beyond its top k is lost before any verification. Each
+query's nearest images by its bag of visual words (:mod:`leakage_pipeline.same_subject.visual_words`) and by a
+colour descriptor learned from nothing (:mod:`leakage_pipeline.same_subject.colour_descriptor`) are added to its
+list, so any one proposing an image suffices; verification decides either way.
 
 Embeddings are unit length, so inner product is cosine similarity. Up to ``exact_limit`` reference
 images the search is exact (a flat index, one matrix product per batch); beyond it an HNSW graph
@@ -19,6 +25,9 @@ class SearchSettings:
     # source of a re-shot is among the 20 nearest for 77% of re-shots and among the 30 nearest for
     # 90%, for half as many verifications again.
     top_k: int = 30
+    # Each query's nearest by visual words, then by colour, added to its embedding neighbours when new.
+    words_top_k: int = 30
+    colour_top_k: int = 10
     exact_limit: int = 200_000
     hnsw_neighbours: int = 32
     hnsw_search_depth: int = 128
@@ -57,3 +66,19 @@ def nearest(queries: np.ndarray, references: np.ndarray, k: int, settings: Searc
         similarity = np.pad(similarity, ((0, 0), (0, pad)))
         found = np.pad(found, ((0, 0), (0, pad)), constant_values=-1)
     return similarity, found
+
+
+def propose(query_embeddings: np.ndarray, reference_embeddings: np.ndarray,
+            others: list[tuple[np.ndarray, np.ndarray, int]], settings: SearchSettings = SearchSettings(),
+            exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(embedding cosine, reference index) of each query's candidates: its ``top_k`` nearest by embedding, then for
+    each other descriptor (query vectors, reference vectors, how many) its nearest by it not proposed already;
+    -1 pads missing or repeated ones."""
+    cosine, found = nearest(query_embeddings, reference_embeddings, settings.top_k, settings, exclude_self)
+    for query_vectors, reference_vectors, k in others:
+        _, more = nearest(query_vectors, reference_vectors, k, settings, exclude_self)
+        repeated = (more[:, :, None] == found[:, None, :]).any(axis=2) | (more < 0)
+        more_cosine = np.einsum("qd,qkd->qk", query_embeddings, reference_embeddings[np.maximum(more, 0)])
+        cosine = np.concatenate([cosine, np.where(repeated, 0, more_cosine).astype(np.float32)], axis=1)
+        found = np.concatenate([found, np.where(repeated, -1, more)], axis=1)
+    return cosine, found

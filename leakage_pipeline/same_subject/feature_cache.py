@@ -36,7 +36,8 @@ def split_by_cache(images: pl.DataFrame, previous: pl.DataFrame | None, tag: str
 
 def store(reused: pl.DataFrame, computed: pl.DataFrame, path: Path) -> pl.DataFrame:
     """The cache of the current images (reused and newly computed rows); images no longer listed are dropped."""
-    parts = [part for part in (reused, computed) if part.width]
+    # No row reused: the previous cache may have another layout (a column added since), so it is not joined.
+    parts = [part for part in (reused, computed) if part.width and (part.height or part is computed)]
     frame = pl.concat(parts, how="vertical_relaxed") if parts else pl.DataFrame()
     write_parquet(frame, path)
     return frame

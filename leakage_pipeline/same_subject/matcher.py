@@ -26,7 +26,8 @@ from leakage_pipeline.audit.pixel_limit import open_image
 from leakage_pipeline.devices import pick_device, reproducible
 from leakage_pipeline.same_subject import feature_cache
 from leakage_pipeline.same_subject.calibration import Calibration, CalibrationSettings, calibrate
-from leakage_pipeline.same_subject.candidate_search import SearchSettings, nearest
+from leakage_pipeline.same_subject.candidate_search import SearchSettings, propose
+from leakage_pipeline.same_subject.colour_descriptor import COLOUR_DIMENSIONS, COLOUR_TAG, colour_descriptors
 from leakage_pipeline.same_subject.embedding import EmbeddingSettings, embedding_input
 from leakage_pipeline.same_subject.geometric_verification import (
     Keypoints,
@@ -35,6 +36,7 @@ from leakage_pipeline.same_subject.geometric_verification import (
     match,
     reduced_gray,
 )
+from leakage_pipeline.same_subject.visual_words import VocabularySettings, word_vectors
 from leakage_pipeline.storage.files import read_json, replace_atomically, write_json
 
 RAN, SKIPPED = "ran", "skipped"
@@ -64,6 +66,7 @@ class MatcherSettings:
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     keypoints: KeypointSettings = field(default_factory=KeypointSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
+    vocabulary: VocabularySettings = field(default_factory=VocabularySettings)
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
 
 
@@ -175,8 +178,9 @@ def plan_features(readable: pl.DataFrame, training_images: int, files: StageFile
     if model_info is None:
         cached_embeddings, embed_todo = feature_cache.split_by_cache(readable, None, "")
     else:
+        # Colour descriptors come from the same pixels as the embeddings and are cached beside them.
         cached_embeddings, embed_todo = feature_cache.split_by_cache(
-            readable, feature_cache.read_cache(files.embeddings), model_info["model_id"])
+            readable, feature_cache.read_cache(files.embeddings), f"{model_info['model_id']}_{COLOUR_TAG}")
     keypoint_tag = settings.keypoints.cache_tag()
     cached_keypoints, keypoint_todo = feature_cache.split_by_cache(
         readable, feature_cache.read_cache(files.keypoints), keypoint_tag)
@@ -248,23 +252,42 @@ def load_or_train_embedder(train: pl.DataFrame, decoded: dict[str, Decoded], pla
 
 def embed_new(plan: FeaturePlan, decoded: dict[str, Decoded], embedder: Embedder,
               settings: EmbeddingSettings) -> pl.DataFrame:
-    """Stage 5: the embeddings of the images not cached under this model, as cache rows."""
+    """Stage 5: the embeddings (and colour descriptors) of the images not cached under this model, as cache rows."""
     from leakage_pipeline.same_subject.embedding_model import embed
 
     locations = plan.embed_todo["location"].to_list()
+    pixels = np.stack([decoded[loc].pixels for loc in locations]) if locations else \
+        np.zeros((0, 3, settings.image_size, settings.image_size), np.uint8)
     with reproducible(embedder.device):
-        vectors = embed(embedder.model, np.stack([decoded[loc].pixels for loc in locations]), embedder.device) \
-            if locations else np.zeros((0, settings.dimensions), np.float32)
+        vectors = embed(embedder.model, pixels, embedder.device)
     return plan.embed_todo.select(feature_cache.KEY_COLUMNS).with_columns(
-        pl.lit(embedder.info["model_id"]).alias(feature_cache.TAG),
-        pl.Series("embedding", vectors, dtype=pl.Array(pl.Float32, settings.dimensions)))
+        pl.lit(f"{embedder.info['model_id']}_{COLOUR_TAG}").alias(feature_cache.TAG),
+        pl.Series("embedding", vectors, dtype=pl.Array(pl.Float32, settings.dimensions)),
+        pl.Series("colour", colour_descriptors(pixels), dtype=pl.Array(pl.Float32, COLOUR_DIMENSIONS)))
 
 
-def embedding_matrix(readable: pl.DataFrame, cached: pl.DataFrame, new: pl.DataFrame, path: Path) -> np.ndarray:
-    """The cache of every current embedding written to ``path``; one row per image of ``readable``, in its order."""
+@dataclass(frozen=True)
+class Descriptors:
+    """What proposes candidates, one row per readable image: the embedding, visual words and colour."""
+    embedding: np.ndarray
+    words: np.ndarray
+    colour: np.ndarray
+
+    def others(self, query_rows: np.ndarray, reference_rows: np.ndarray, search: SearchSettings) -> list:
+        """Each proposer beside the embedding, as :func:`propose` takes them."""
+        return [(self.words[query_rows], self.words[reference_rows], search.words_top_k),
+                (self.colour[query_rows], self.colour[reference_rows], search.colour_top_k)]
+
+
+def descriptors(readable: pl.DataFrame, cached: pl.DataFrame, new: pl.DataFrame, path: Path,
+                words: np.ndarray) -> Descriptors:
+    """The cache of every current embedding (and colour) written to ``path``, with ``words``: one row per image of
+    ``readable``, in its order."""
     table = feature_cache.store(cached, new, path)
-    embedding_of = dict(zip(table["location"].to_list(), table["embedding"].to_numpy(), strict=True))
-    return np.stack([embedding_of[loc] for loc in readable["location"].to_list()]).astype(np.float32)
+    row_of = {loc: index for index, loc in enumerate(table["location"].to_list())}
+    order = [row_of[loc] for loc in readable["location"].to_list()]
+    return Descriptors(table["embedding"].to_numpy()[order].astype(np.float32), words,
+                       table["colour"].to_numpy()[order].astype(np.float32))
 
 
 @dataclass(frozen=True)
@@ -279,7 +302,7 @@ class Candidates:
     queries_searched: int  # audited and calibration queries together
 
 
-def audited_candidates(splits: np.ndarray, matrix: np.ndarray, split_order: list[str],
+def audited_candidates(splits: np.ndarray, described: Descriptors, split_order: list[str],
                        search: SearchSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Each later split's images against every earlier split's: (query, reference, rank, cosine, queries searched)."""
     query_index, reference_index, ranks, cosines = [], [], [], []
@@ -289,7 +312,8 @@ def audited_candidates(splits: np.ndarray, matrix: np.ndarray, split_order: list
         references = np.flatnonzero(np.isin(splits, split_order[:position]))
         if not len(queries) or not len(references):
             continue
-        similarity, found = nearest(matrix[queries], matrix[references], search.top_k, search)
+        similarity, found = propose(described.embedding[queries], described.embedding[references],
+                                    described.others(queries, references, search), search)
         valid = found >= 0
         query_index.append(np.repeat(queries, valid.sum(axis=1)))
         reference_index.append(references[found[valid]])
@@ -302,15 +326,15 @@ def audited_candidates(splits: np.ndarray, matrix: np.ndarray, split_order: list
             np.concatenate(cosines), queries_searched)
 
 
-def calibration_pairs(train_rows: np.ndarray, matrix: np.ndarray, queries: int,
+def calibration_pairs(train_rows: np.ndarray, described: Descriptors, queries: int,
                       settings: MatcherSettings) -> tuple[np.ndarray, int]:
     """A seeded sample of ``queries`` training images (at least the settings' minimum) against all of training:
     (each unordered pair of distinct images once, the number of sampled queries)."""
     wanted = max(settings.min_calibration_queries, queries)
     sample = np.sort(np.random.default_rng(settings.seed).choice(train_rows, min(wanted, len(train_rows)),
                                                                  replace=False))
-    _, found = nearest(matrix[sample], matrix[train_rows], settings.search.top_k, settings.search,
-                       exclude_self=False)
+    _, found = propose(described.embedding[sample], described.embedding[train_rows],
+                       described.others(sample, train_rows, settings.search), settings.search)
     calibration_a = np.repeat(sample, found.shape[1])
     calibration_b = train_rows[np.where(found >= 0, found, 0)].reshape(-1)
     keep = (found.reshape(-1) >= 0) & (calibration_a != calibration_b)
@@ -320,13 +344,13 @@ def calibration_pairs(train_rows: np.ndarray, matrix: np.ndarray, queries: int,
     return unique_pairs, len(sample)
 
 
-def find_candidates(readable: pl.DataFrame, matrix: np.ndarray, split_order: list[str],
+def find_candidates(readable: pl.DataFrame, described: Descriptors, split_order: list[str],
                     settings: MatcherSettings) -> Candidates:
     """Stage 6: the audited candidate pairs, and the calibration pairs within the training split."""
-    query, reference, rank, cosine, searched = audited_candidates(readable["split"].to_numpy(), matrix, split_order,
-                                                                  settings.search)
+    query, reference, rank, cosine, searched = audited_candidates(readable["split"].to_numpy(), described,
+                                                                  split_order, settings.search)
     train_rows = np.flatnonzero((readable["split"] == split_order[0]).to_numpy())
-    pairs, sampled = calibration_pairs(train_rows, matrix, searched, settings)
+    pairs, sampled = calibration_pairs(train_rows, described, searched, settings)
     return Candidates(query, reference, rank, cosine, pairs, sampled, searched + sampled)
 
 
@@ -372,13 +396,13 @@ def decide(readable: pl.DataFrame, candidates: Candidates, inliers: np.ndarray, 
 
 
 def _summary(features: dict, embedder: Embedder, candidates: Candidates, pairs: pl.DataFrame,
-             calibration: Calibration, top_k: int, cost: dict[str, float]) -> dict:
+             calibration: Calibration, search: SearchSettings, cost: dict[str, float]) -> dict:
     return {
         "status": RAN,
         "reason": None if calibration.threshold is not None else calibration.reason,
         **features,
         "model": {**embedder.info, "trained_now": embedder.trained_now},
-        "top_k": top_k,
+        "top_k": search.top_k, "words_top_k": search.words_top_k, "colour_top_k": search.colour_top_k,
         "candidate_pairs": int(len(candidates.query)),
         "accepted_pairs": int(pairs["accepted"].sum()),
         "review_pairs": int(pairs["review"].sum()),
@@ -412,9 +436,12 @@ def run_same_subject(images: pl.DataFrame, split_order: list[str], directory: Pa
         cost["embedding_training_seconds"] = embedder.info["seconds"]
     with _timed(cost, "embedding_seconds"):
         new_embeddings = embed_new(plan, decoded, embedder, settings.embedding)
-    matrix = embedding_matrix(readable, plan.cached_embeddings, new_embeddings, files.embeddings)
+    with _timed(cost, "visual_words_seconds"):
+        words = word_vectors([keypoints_of[loc].descriptors for loc in readable["location"].to_list()],
+                             (readable["split"] == split_order[0]).to_numpy(), settings.vocabulary)
+    described = descriptors(readable, plan.cached_embeddings, new_embeddings, files.embeddings, words)
     with _timed(cost, "search_seconds"):
-        candidates = find_candidates(readable, matrix, split_order, settings)
+        candidates = find_candidates(readable, described, split_order, settings)
     cost["search_queries"] = candidates.queries_searched
     with _timed(cost, "verification_seconds"):
         inliers, mirrored = verify(candidates, keypoints_of, readable["location"].to_list(), settings)
@@ -423,5 +450,5 @@ def run_same_subject(images: pl.DataFrame, split_order: list[str], directory: Pa
     features = {"images": readable.height, "embedded": plan.embed_todo.height,
                 "embeddings_reused": plan.cached_embeddings.height, "keypoints_extracted": plan.keypoint_todo.height,
                 "keypoints_reused": plan.cached_keypoints.height, "undecodable": len(undecodable)}
-    summary = _summary(features, embedder, candidates, pairs, calibration, settings.search.top_k, cost)
+    summary = _summary(features, embedder, candidates, pairs, calibration, settings.search, cost)
     return SameSubjectRun(pairs=pairs, summary=summary, calibration=calibration)
