@@ -18,7 +18,7 @@ from dagster_gcp.gcs.compute_log_manager import GCSComputeLogManager
 from dagster_k8s import K8sRunLauncher, k8s_job_executor
 
 from leakage_pipeline.definitions import defs
-from leakage_pipeline.defs.automation import GPU_RUN_TAG
+from leakage_pipeline.defs.automation import DATASET_RUN_TAG, GPU_RUN_TAG
 from leakage_pipeline.defs.dataset import Dataset
 from leakage_pipeline.defs.step_executor import STEP_EXECUTOR_ENV
 
@@ -74,12 +74,13 @@ def test_the_instance_config_builds_its_coordinator_and_log_manager(instance_con
     assert instance_config["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
     assert build(instance_config["run_coordinator"]).get_run_queue_config() is not None
     limits = {limit["key"]: limit["limit"] for limit in instance_config["concurrency"]["runs"]["tag_concurrency_limits"]}
-    assert limits == {GPU_RUN_TAG: 2}
+    assert limits == {GPU_RUN_TAG: 2, DATASET_RUN_TAG: 1}
     # Each dataset's steps are in its own pool, counted per run: its runs queue instead of colliding.
     assert instance_config["concurrency"]["pools"] == {"granularity": "run", "default_limit": 1}
     assert {op.pool for job in ("demo_audit", "demo_training") for op in defs().resolve_job_def(job).graph.iterate_op_defs()} == {
         "leakage_pipeline/demo"}
     assert defs().resolve_job_def("demo_training").tags[GPU_RUN_TAG]  # the limit applies to training runs
+    assert {defs().resolve_job_def(job).tags[DATASET_RUN_TAG] for job in ("demo_audit", "demo_training")} == {"demo"}
     # The log manager checks its bucket when built (`make test-deploy` builds it against the emulator).
     logs = instance_config["compute_logs"]
     assert (logs["module"], logs["class"]) == (GCSComputeLogManager.__module__, GCSComputeLogManager.__name__)

@@ -27,15 +27,22 @@ def partition_range_tags(splits: list[str]) -> dict[str, str]:
 # Every training run carries this tag; a deployment's run queue limits how many such runs hold a GPU at
 # once (deploy/dagster.yaml, deploy/helm/values.yaml).
 GPU_RUN_TAG = "leakage-pipeline/gpu"
+# Every run of a dataset's jobs (launched, scheduled, sensed, backfilled) carries its name here; the run
+# queue holds one per value (deploy/dagster.yaml). The dataset's pool does the same for runs launched from
+# an asset's page, but only once the pool's limit exists: in the queue's first pass over a new pool, two
+# runs queued together would both start and meet at the output lock.
+DATASET_RUN_TAG = "leakage-pipeline/dataset"
 
 
 def build_jobs(dataset: Dataset, audit_assets: list, training_assets: list) -> list:
     return [
         dg.define_asset_job(f"{dataset.name}_audit", selection=dg.AssetSelection.assets(*audit_assets),
-                            description=f"{dataset.name}: manifest to leakage report and leak-free split."),
+                            description=f"{dataset.name}: manifest to leakage report and leak-free split.",
+                            tags={DATASET_RUN_TAG: dataset.name}),
         dg.define_asset_job(f"{dataset.name}_training", selection=dg.AssetSelection.assets(*training_assets),
                             description=f"{dataset.name}: image stores, the leak-free and the leaky model, and "
-                                        "their evaluation (after an audit).", tags={GPU_RUN_TAG: "true"}),
+                                        "their evaluation (after an audit).",
+                            tags={GPU_RUN_TAG: "true", DATASET_RUN_TAG: dataset.name}),
     ]
 
 
