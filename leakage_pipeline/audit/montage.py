@@ -33,6 +33,19 @@ def thumbnail(location: str) -> Image.Image:
         return placeholder
 
 
+def contact_sheet(cells: int, columns: int, cell_size: tuple[int, int], empty_message: str
+                  ) -> tuple[Image.Image, ImageDraw.ImageDraw, ImageFont.ImageFont]:
+    """A white sheet of ``cells`` cells of ``cell_size`` (width, height), ``columns`` a row, with its drawing
+    context and font; with no cell it says ``empty_message``."""
+    font = ImageFont.load_default()
+    rows = max(1, -(-cells // columns))
+    sheet = Image.new("RGB", (cell_size[0] * columns, cell_size[1] * rows), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    if cells == 0:
+        draw.text((_PAD, _PAD), empty_message, fill=(0, 0, 0), font=font)
+    return sheet, draw, font
+
+
 def _draw_matched_keypoints(draw: ImageDraw.ImageDraw, example: dict, left: tuple, right: tuple,
                             inlier_lines: InlierLines) -> None:
     """Lines between the verified pair's inlier keypoints, on the two thumbnails (verification repeated for
@@ -63,13 +76,8 @@ def write_montage(examples: pl.DataFrame, path: Path, columns: int = 2, inlier_l
     """Draw each example (the leaked image left, its partner right), ``columns`` pairs per row, captioned
     with the reason and its evidence; a same-subject pair with lines between its inlier keypoints when
     ``inlier_lines`` is given. Returns how many were drawn; with none, a small image says so."""
-    font = ImageFont.load_default()
     cell_w, cell_h = 2 * _THUMB + 3 * _PAD, _THUMB + _CAPTION + 2 * _PAD
-    rows = max(1, -(-examples.height // columns))
-    sheet = Image.new("RGB", (cell_w * columns, cell_h * rows), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    if examples.height == 0:
-        draw.text((_PAD, _PAD), "no leaked image found", fill=(0, 0, 0), font=font)
+    sheet, draw, font = contact_sheet(examples.height, columns, (cell_w, cell_h), "no leaked image found")
     for index, example in enumerate(examples.iter_rows(named=True)):
         x0, y0 = (index % columns) * cell_w, (index // columns) * cell_h
         for prefix, offset in (("", _PAD), ("partner_", 2 * _PAD + _THUMB)):

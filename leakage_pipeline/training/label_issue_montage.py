@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
-from PIL import Image, ImageDraw, ImageFont
 
-from leakage_pipeline.audit.montage import thumbnail
+from leakage_pipeline.audit.montage import contact_sheet, thumbnail
 from leakage_pipeline.storage.files import replace_atomically
 
 _THUMB = 160
@@ -18,13 +17,8 @@ _PAD = 8
 def write_label_issue_montage(issues: pl.DataFrame, path: Path, count: int = 12, columns: int = 4) -> int:
     """Draw the ``count`` likely issues of lowest label quality; return how many were drawn."""
     worst = issues.filter("is_label_issue").sort("label_quality", "location").head(count)
-    font = ImageFont.load_default()
     cell_w, cell_h = _THUMB + 2 * _PAD, _THUMB + _CAPTION + 2 * _PAD
-    rows = max(1, -(-worst.height // columns))
-    sheet = Image.new("RGB", (cell_w * columns, cell_h * rows), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    if worst.height == 0:
-        draw.text((_PAD, _PAD), "no likely label issue found", fill=(0, 0, 0), font=font)
+    sheet, draw, font = contact_sheet(worst.height, columns, (cell_w, cell_h), "no likely label issue found")
     for number, row in enumerate(worst.iter_rows(named=True)):
         x0, y0 = (number % columns) * cell_w + _PAD, (number // columns) * cell_h + _PAD
         sheet.paste(thumbnail(row["location"]), (x0, y0))
