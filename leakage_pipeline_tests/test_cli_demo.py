@@ -61,7 +61,7 @@ def test_demo_finds_every_planted_case_then_measures_the_leak_on_the_same_images
     assert {flip["split"] for flip in planted["label_flips"]} == {"train", "val", "test"}
     found = len(flips & flagged_labels)
     assert found >= 0.7 * len(flips) and found / len(flagged_labels) >= 3 * len(flips) / issues.height
-    assert "likely carry a wrong label" in printed and (out / "label_issues" / "taxonomy_review.md").exists()
+    assert "are flagged for label review" in printed and (out / "label_issues" / "taxonomy_review.md").exists()
 
     # The same seed on the same machine: the same numbers (the dataset is built only the first time), and
     # the out-of-fold models, whose inputs did not change, are not retrained.

@@ -84,11 +84,13 @@ def _percent(estimate: dict | None) -> str:
 
 
 def verdict_line(effect: dict) -> str:
-    """The verdict's label line: how far wrong test labels could move top-1, and top-1 without them."""
+    """The verdict's label line: how far wrong test labels could move top-1 at most (every flag is counted as a
+    wrong label, though look-alike classes are flagged too), and top-1 without them."""
     if not effect["test_images"]:
         return "Labels: no test image was scored, so nothing can be said about wrong test labels."
     return (f"Labels: {effect['likely_wrong']} of {effect['test_images']} test images, {_percent(effect['share'])}, "
-            f"likely carry a wrong label, so wrong labels could move top-1 by about that much; the leak-free "
+            f"are flagged for label review (the out-of-fold models confidently call them another class: a wrong "
+            f"label, or a look-alike class), so wrong labels could move top-1 by at most about that much; the leak-free "
             f"model's top-1 is {_percent(effect['top1_all'])} on the whole test set and "
             f"{_percent(effect['top1_without_issues'])} without them.")
 
