@@ -11,6 +11,7 @@ from disk, and whether both reports say the same. The emulator is stopped by its
 every wait is bounded, so the bench stops by itself.
 
     python -m bench.gcs [--images 5000] [--dir .bench_gcs] [--same-subject] [--timeout 900]
+    python -m bench.gcs --data FOLDER --same-subject   # a real set: FOLDER/manifest.csv, image paths relative to it
 """
 
 from __future__ import annotations
@@ -155,6 +156,8 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path(".bench_gcs"))
     parser.add_argument("--same-subject", action="store_true", help="run the same-subject stage too (slow)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds each audit may take")
+    parser.add_argument("--data", type=Path, help="audit this folder (manifest.csv, image paths relative to it) "
+                        "instead of building synthetic images")
     parser.add_argument("--one-audit", nargs=2, metavar=("MANIFEST", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one_audit:
@@ -164,8 +167,9 @@ def main() -> None:
     from leakage_pipeline.storage.locations import use_gcs_client
     from leakage_pipeline_tests.conftest import free_port
 
-    data = args.dir / f"data_{args.images}"
-    manifest = build_dataset(data, args.images)
+    data = args.data or args.dir / f"data_{args.images}"
+    manifest = data / "manifest.csv" if args.data else build_dataset(data, args.images)
+    images = pl.read_csv(manifest).height
     for output in ("out_local", "out_warmup"):
         shutil.rmtree(args.dir / output, ignore_errors=True)
     port = free_port()
@@ -177,7 +181,7 @@ def main() -> None:
     try:
         started = time.perf_counter()
         upload(data, "data")
-        print(f"{args.images} images on local disk and uploaded to the emulator (pid {emulator.pid}) "
+        print(f"{images} images on local disk and uploaded to the emulator (pid {emulator.pid}) "
               f"in {time.perf_counter() - started:.1f} s")
         # A small audit first, so neither timed run pays numba's first compilation alone.
         warm = build_dataset(args.dir / "data_warmup", 40)
@@ -201,7 +205,7 @@ def main() -> None:
             emulator.kill()
 
     same = all(local[key] == gcs[key] for key in ("counts", "verdict", "coverage"))
-    print(f"\naudit of {args.images} images, same-subject stage {'on' if args.same_subject else 'off'}, "
+    print(f"\naudit of {images} images in {data}, same-subject stage {'on' if args.same_subject else 'off'}, "
           f"{os.cpu_count()} CPUs")
     _print_steps(local, gcs)
     print(f"\nlocal disk: {local['wall']:.1f} s wall ({local['cpu']:.1f} CPU s in the audit process)")
