@@ -69,7 +69,9 @@ def _score(rows: pl.DataFrame, store: ImageStore, planted: set[str], args) -> di
     with tempfile.TemporaryDirectory() as models:
         scored, runs = out_of_fold_probabilities(inputs, store, Path(models), log=lambda _: None)
     seconds = time.perf_counter() - started
-    issues, _ = find_label_issues(scored, list(inputs.class_names))
+    issues, _, not_calibrated_because = find_label_issues(scored, list(inputs.class_names))
+    if not_calibrated_because:
+        print(f"not calibrated: {not_calibrated_because}")
     flagged = set(issues.filter("is_label_issue")["location"].to_list())
     hits = len(flagged & planted)
     trained = sum(run.train_images for run in runs) * args.epochs

@@ -1,9 +1,10 @@
 """Likely wrong labels by confident learning (cleanlab) on out-of-sample probabilities, and what they do to top-1.
 
 Train/val images are scored by their out-of-fold models, test images by the leak-free model (which
-never trained on them). Each image gets cleanlab's label-quality score, the label its probabilities
-suggest and whether it is a likely label issue; per class the estimated noise matrix; for the test
-set the share of likely issues (Wilson interval) and the leak-free model's top-1 with them removed.
+never trained on them), and the probabilities calibrated (``probability_calibration``). Each image gets
+cleanlab's label-quality score, the label its probabilities suggest and whether it is a likely label
+issue; each flag what its patient's other images say about it; per class the estimated noise matrix; for
+the test set the share of likely issues (Wilson interval) and the leak-free model's top-1 without them.
 """
 
 from __future__ import annotations
@@ -14,31 +15,47 @@ import polars as pl
 from leakage_pipeline.audit.report import wilson_interval
 from leakage_pipeline.markdown_tables import markdown_table
 from leakage_pipeline.training.metrics import bootstrap_metrics
+from leakage_pipeline.training.probability_calibration import calibrate
 
-ISSUE_COLUMNS = ("location", "patient_id", "split", "given_label", "suggested_label", "label_quality", "is_label_issue")
+ISSUE_COLUMNS = ("location", "patient_id", "split", "given_label", "suggested_label", "label_quality", "is_label_issue",
+                 "patient_context")
+
+# What a flagged image's patient says about it (its other scored images, any split; a majority decides):
+PATIENT_CONTEXT = {
+    "label_differs_from_patient": "the patient's other images carry the suggested label: most likely this image's "
+                                  "label is wrong",
+    "patient_looks_like_suggested": "the patient's other images carry the same label but look like the suggested "
+                                    "class too: the patient's label is wrong, or the patient is atypical of the class "
+                                    "(a look-alike)",
+    "image_differs_from_patient": "the patient's other images carry the same label and look like it: this image "
+                                  "alone looks like another class",
+    "only_image": "no other image of the patient was scored",
+}
 
 
 # A likely label issue is one cleanlab flags whose given label the models also find implausible: where classes
 # are hard to tell apart, cleanlab reads the models' confusion as label noise and flags the ambiguous images
 # by the hundred (on the demo, 395 of 909 at 6% precision); an image whose given label gets under this
-# probability is one the models are confident is something else.
+# calibrated probability is one the models are confident is something else.
 MAX_LABEL_QUALITY = 0.1
 
 
 def find_label_issues(scored: pl.DataFrame, class_names: list[str],
-                      max_label_quality: float = MAX_LABEL_QUALITY) -> tuple[pl.DataFrame, np.ndarray]:
-    """``scored`` (location, patient_id, split, label, probabilities) -> one row per image (ISSUE_COLUMNS) and
-    the noise matrix P(given label | true label) (rows: given, columns: true), both cleanlab's estimates.
-    A likely label issue is flagged by cleanlab and has a label quality (the given label's probability) under
-    ``max_label_quality``."""
+                      max_label_quality: float = MAX_LABEL_QUALITY) -> tuple[pl.DataFrame, np.ndarray, str | None]:
+    """``scored`` (location, patient_id, split, label, fold: null where scored by the leak-free model,
+    probabilities) -> one row per image (ISSUE_COLUMNS), the noise matrix P(given label | true label) (rows:
+    given, columns: true), both cleanlab's estimates on calibrated probabilities, and why the probabilities
+    were left uncalibrated (None when they were calibrated). A likely label issue is flagged by cleanlab
+    and has a label quality (the given label's calibrated probability) under ``max_label_quality``."""
     from cleanlab.count import estimate_joint
     from cleanlab.filter import find_label_issues as cleanlab_issues
     from cleanlab.rank import get_label_quality_scores
 
     index = {name: i for i, name in enumerate(class_names)}
     labels = np.array([index[label] for label in scored["label"].to_list()], np.int64)
-    probabilities = np.asarray(scored["probabilities"].to_list(), np.float64)
-    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    calibrated = calibrate(np.asarray(scored["probabilities"].to_list(), np.float64), labels,
+                           scored["fold"].fill_null(-1).to_numpy(), class_names)
+    probabilities = calibrated.probabilities
     # One process: the same flags on any machine, and no worker pool forked inside a Dagster step.
     issues = cleanlab_issues(labels, probabilities, filter_by="prune_by_noise_rate", n_jobs=1)
     quality = get_label_quality_scores(labels, probabilities, method="self_confidence")
@@ -50,7 +67,25 @@ def find_label_issues(scored: pl.DataFrame, class_names: list[str],
         label_quality=pl.Series(quality, dtype=pl.Float64),
         is_label_issue=pl.Series(issues & (quality < max_label_quality), dtype=pl.Boolean),
     )
-    return rows.select(ISSUE_COLUMNS), noise
+    return with_patient_context(rows).select(ISSUE_COLUMNS), noise, calibrated.not_calibrated_because
+
+
+def with_patient_context(rows: pl.DataFrame) -> pl.DataFrame:
+    """Each flagged image's ``patient_context`` (a key of PATIENT_CONTEXT; null where not flagged), from the
+    given and suggested labels of its patient's other images."""
+    flagged = rows.filter("is_label_issue").select("location", "patient_id", "suggested_label")
+    others = flagged.join(rows.select("patient_id", other="location", other_given="given_label",
+                                      other_suggested="suggested_label"), on="patient_id").filter(
+        pl.col("other") != pl.col("location"))
+    votes = others.group_by("location").agg(
+        others=pl.len(), carry_suggested=(pl.col("other_given") == pl.col("suggested_label")).sum(),
+        look_suggested=(pl.col("other_suggested") == pl.col("suggested_label")).sum())
+    context = flagged.join(votes, on="location", how="left").select("location", patient_context=(
+        pl.when(pl.col("others").is_null()).then(pl.lit("only_image"))
+        .when(2 * pl.col("carry_suggested") >= pl.col("others")).then(pl.lit("label_differs_from_patient"))
+        .when(2 * pl.col("look_suggested") >= pl.col("others")).then(pl.lit("patient_looks_like_suggested"))
+        .otherwise(pl.lit("image_differs_from_patient"))))
+    return rows.join(context, on="location", how="left", maintain_order="left")
 
 
 def label_effect_on_test(issues: pl.DataFrame, test_predictions: pl.DataFrame, class_names: list[str],
@@ -58,10 +93,12 @@ def label_effect_on_test(issues: pl.DataFrame, test_predictions: pl.DataFrame, c
     """The share of test images with a likely wrong label (Wilson 95%), and the leak-free model's top-1 on
     the test set with and without them (patient-bootstrap 95%, paired: the same patient draws)."""
     merged = test_predictions.select("location", "patient_id", "label", "probabilities").join(
-        issues.select("location", "is_label_issue"), on="location", how="inner", maintain_order="left")
+        issues.select("location", "is_label_issue", "patient_context"), on="location", how="inner", maintain_order="left")
     total, flagged = merged.height, int(merged["is_label_issue"].sum())
+    differs = int((merged["patient_context"] == "label_differs_from_patient").sum())
     if not total:
-        return {"test_images": 0, "likely_wrong": 0, "share": None, "top1_all": None, "top1_without_issues": None}
+        return {"test_images": 0, "likely_wrong": 0, "label_differs_from_patient": 0, "share": None, "top1_all": None,
+                "top1_without_issues": None}
     index = {name: i for i, name in enumerate(class_names)}
     labels = np.array([index[label] for label in merged["label"].to_list()], np.int64)
     probabilities = np.asarray(merged["probabilities"].to_list(), np.float64)
@@ -73,7 +110,8 @@ def label_effect_on_test(issues: pl.DataFrame, test_predictions: pl.DataFrame, c
                                  seed=seed).estimates["top1"].as_dict()
 
     low, high = wilson_interval(flagged, total)
-    return {"test_images": total, "likely_wrong": flagged, "share": {"value": flagged / total, "low": low, "high": high},
+    return {"test_images": total, "likely_wrong": flagged, "label_differs_from_patient": differs,
+            "share": {"value": flagged / total, "low": low, "high": high},
             "top1_all": top1(np.ones(total, bool)), "top1_without_issues": top1(keep) if keep.any() else None}
 
 
@@ -90,7 +128,8 @@ def verdict_line(effect: dict) -> str:
         return "Labels: no test image was scored, so nothing can be said about wrong test labels."
     return (f"Labels: {effect['likely_wrong']} of {effect['test_images']} test images, {_percent(effect['share'])}, "
             f"are flagged for label review (the out-of-fold models confidently call them another class: a wrong "
-            f"label, or a look-alike class), so wrong labels could move top-1 by at most about that much; the leak-free "
+            f"label, or a look-alike class; {effect['label_differs_from_patient']} of them carry a label their "
+            f"patient's other images do not), so wrong labels could move top-1 by at most about that much; the leak-free "
             f"model's top-1 is {_percent(effect['top1_all'])} on the whole test set and "
             f"{_percent(effect['top1_without_issues'])} without them.")
 
@@ -104,8 +143,14 @@ def counts_per_split_and_class(issues: pl.DataFrame, split_order: list[str]) -> 
         "order", "given_label").drop("order")
 
 
+def patient_context_counts(issues: pl.DataFrame) -> dict[str, int]:
+    """Flags per patient context, every context listed (0 where none)."""
+    counts = dict(issues.filter("is_label_issue").group_by("patient_context").len().iter_rows())
+    return {context: counts.get(context, 0) for context in PATIENT_CONTEXT}
+
+
 def label_issues_markdown(issues: pl.DataFrame, noise: np.ndarray, class_names: list[str], effect: dict,
-                          split_order: list[str], montage_name: str | None) -> str:
+                          split_order: list[str], montage_name: str | None, not_calibrated_because: str | None) -> str:
     counts = counts_per_split_and_class(issues, split_order)
     worst = issues.filter("is_label_issue").sort("label_quality").head(10)
     scored_out_of_fold = issues.filter(pl.col("split") != split_order[-1])
@@ -116,6 +161,12 @@ def label_issues_markdown(issues: pl.DataFrame, noise: np.ndarray, class_names: 
         "test images by the leak-free model.", "",
         f"Out-of-fold top-1 on train and val (the given label is the models' first choice): {agreement or 0:.1%}. "
         "Flags are only as good as these models: where it is low, many flags are the models' errors, not wrong labels.",
+        "", "Probabilities are calibrated before flagging (matrix scaling fitted on other folds' held-out predictions)."
+        if not_calibrated_because is None else f"Probabilities are not calibrated: {not_calibrated_because}; "
+        "flags in look-alike classes are then more frequent.", "",
+        "### What each flagged image's patient says", "",
+        markdown_table(["flags", "patient context"], [[count, f"`{context}`: {PATIENT_CONTEXT[context]}"]
+                                                      for context, count in patient_context_counts(issues).items()]),
         "",
         "### Likely label issues per split and class", "",
         markdown_table(["split", "given label", "images", "likely issues"], counts.rows()), "",
@@ -123,9 +174,9 @@ def label_issues_markdown(issues: pl.DataFrame, noise: np.ndarray, class_names: 
         markdown_table(["given \\ true", *class_names],
                        [[name, *(f"{value:.3f}" for value in row)] for name, row in zip(class_names, noise, strict=True)]),
         "", "### Worst examples", "",
-        markdown_table(["location", "split", "given", "suggested", "label quality"],
-                       [[r["location"], r["split"], r["given_label"], r["suggested_label"], f"{r['label_quality']:.3f}"]
-                        for r in worst.iter_rows(named=True)]),
+        markdown_table(["location", "split", "given", "suggested", "label quality", "patient context"],
+                       [[r["location"], r["split"], r["given_label"], r["suggested_label"], f"{r['label_quality']:.3f}",
+                         r["patient_context"]] for r in worst.iter_rows(named=True)]),
     ]
     if montage_name:
         lines += ["", f"![worst label issues]({montage_name})"]
