@@ -115,7 +115,7 @@ def test_label_issues_find_the_flips_and_the_report_section_says_what_they_do_to
     scored, flipped = _scored(np.random.default_rng(3), 400, 0.05)
     issues, noise, not_calibrated_because = find_label_issues(scored, ["rare", "x", "y"])
     assert issues.columns == ["location", "patient_id", "split", "given_label", "suggested_label", "label_quality",
-                              "is_label_issue", "patient_context"] and not_calibrated_because is None
+                              "is_label_issue", "patient_context", "cleanlab_issue"] and not_calibrated_because is None
     assert set(issues.filter("is_label_issue")["location"]) == flipped
     # Each patient has two images: where a flip changes one, the other carries the label the models suggest;
     # where both are flipped, the patient's label is wrong as a whole.
@@ -132,6 +132,7 @@ def test_label_issues_find_the_flips_and_the_report_section_says_what_they_do_to
     wrong = len(flipped & set(test["location"]))
     train_flips = len(flipped) - wrong
     assert effect["likely_wrong"] == wrong and effect["test_images"] == test.height
+    assert effect["cleanlab_issues"] == issues.filter(pl.col("split") == "test")["cleanlab_issue"].sum() >= wrong
     assert effect["share"]["low"] < wrong / test.height < effect["share"]["high"]
     assert effect["top1_without_issues"]["value"] == 1.0 and effect["top1_all"]["value"] == 1 - wrong / test.height
     assert effect["label_differs_from_patient"] == len((flipped - both) & set(test["location"]))
@@ -140,6 +141,7 @@ def test_label_issues_find_the_flips_and_the_report_section_says_what_they_do_to
     assert f"{effect['label_differs_from_patient']} of them carry a label their patient's other images do not" in markdown
     assert f"| {len(flipped - both)} | `label_differs_from_patient`" in markdown and "Probabilities are calibrated" in markdown
     assert "| train | x |" in markdown and "| test | y |" in markdown  # counts per split and class, in split order
+    assert f"Confident learning finds {effect['cleanlab_issues']} test labels wrong or ambiguous" in markdown
     assert markdown.index("| train |") < markdown.index("| test |")
     assert f"Out-of-fold top-1 on train and val (the given label is the models' first choice): {1 - train_flips / 280:.1%}" \
         in markdown

@@ -116,6 +116,7 @@ def label_issues(step: Step) -> dg.MaterializeResult:
         "likely_issues": int(issues["is_label_issue"].sum()), "patient_context": patient_context_counts(issues),
         "calibrated": not_calibrated_because is None,
         "test_share_likely_wrong": rounded(effect["share"]["value"]) if effect["share"] else None,
+        "test_share_found_by_cleanlab": rounded(effect["cleanlab_share"]["value"]) if effect["cleanlab_share"] else None,
         "report": dg.MetadataValue.md(markdown), "montage_examples": drawn,
         "montage": dg.MetadataValue.md(montage_preview(montage)),
         "path": dg.MetadataValue.path(str(files.label_issues)),
