@@ -1,5 +1,9 @@
 """On the CPU a computation gives one result whatever the machine's core count (devices.reproducible)."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -34,3 +38,11 @@ def test_training_on_one_core_or_four_gives_the_same_weights(restore_threads):
     assert not torch.equal(_trained_weights(1, False), _trained_weights(4, False))
     assert torch.equal(_trained_weights(1, True), _trained_weights(4, True))
     assert torch.get_num_threads() == 4 and not torch.are_deterministic_algorithms_enabled()  # restored after
+
+
+def test_openmp_threads_spin_briefly_unless_the_environment_says_otherwise():
+    show = "import leakage_pipeline, os; print(os.environ['GOMP_SPINCOUNT'])"
+    environment = {key: value for key, value in os.environ.items() if key != "GOMP_SPINCOUNT"}
+    assert subprocess.check_output([sys.executable, "-c", show], env=environment, text=True).strip() == "10000"
+    explicit = subprocess.check_output([sys.executable, "-c", show], env={**environment, "GOMP_SPINCOUNT": "5"}, text=True)
+    assert explicit.strip() == "5"
