@@ -13,14 +13,22 @@ from leakage_pipeline.same_subject.visual_words import _sample_rows, learn_vocab
 
 
 def test_embedding_training_stops_at_its_step_cap():
+    import torch
+
     from leakage_pipeline.same_subject.embedding_model import train_embedding
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (64, 3, 16, 16), dtype=np.uint8)
     patients = np.arange(64) // 2  # 32 patients: 4 steps an epoch at 8 patients a batch
     settings = EmbeddingSettings(image_size=16, dimensions=8, width=4, epochs=3, batch_patients=8, device="cpu")
-    assert train_embedding(pixels, patients, settings).steps == 12
-    capped = train_embedding(pixels, patients, replace(settings, max_steps=6))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny steps: threads waiting on each other (on busy cores) would cost more than they do
+    try:
+        uncapped = train_embedding(pixels, patients, settings)
+        capped = train_embedding(pixels, patients, replace(settings, max_steps=6))
+    finally:
+        torch.set_num_threads(threads)
+    assert uncapped.steps == 12 and len(uncapped.history) == 3
     assert capped.steps == 6 and len(capped.history) == 2  # one whole epoch, then half of the next
     assert settings.model_tag() != replace(settings, max_steps=6).model_tag()  # a kept model names its cap
 
