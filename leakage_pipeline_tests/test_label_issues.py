@@ -18,9 +18,12 @@ from leakage_pipeline.training.label_issues import (
     find_label_issues,
     label_effect_on_test,
     label_issues_markdown,
+    patient_context_counts,
     verdict_line,
+    with_patient_context,
 )
 from leakage_pipeline.training.out_of_fold import FoldInputs, grouped_folds, out_of_fold_probabilities
+from leakage_pipeline.training.probability_calibration import MIN_IMAGES_PER_CLASS, calibrate
 from leakage_pipeline.training.settings import ClassifierSettings
 from leakage_pipeline.training.taxonomy import review_taxonomy, taxonomy_markdown
 
@@ -90,8 +93,9 @@ def test_fold_models_are_cached_and_retrained_only_when_their_inputs_change(tmp_
 
 
 def _scored(rng: np.random.Generator, images: int, flip_share: float) -> tuple[pl.DataFrame, set[str]]:
-    """Confident probabilities of the true class ("x" or "y", sometimes "rare") with some labels flipped."""
-    true = rng.choice(["x", "y", "rare"], images, p=[0.5, 0.45, 0.05])
+    """Confident probabilities of the true class ("x" or "y", sometimes "rare"; two images per patient) with some
+    labels flipped."""
+    true = rng.choice(["x", "y", "rare"], images // 2, p=[0.5, 0.45, 0.05]).repeat(2)  # a class per patient
     names = ["rare", "x", "y"]
     probabilities = np.full((images, 3), 0.05)
     probabilities[np.arange(images), [names.index(t) for t in true]] = 0.9
@@ -99,18 +103,26 @@ def _scored(rng: np.random.Generator, images: int, flip_share: float) -> tuple[p
     flipped = rng.choice(images, int(flip_share * images), replace=False)
     given[flipped] = np.where(true[flipped] == "x", "y", "x")
     locations = [f"/img/{i}.png" for i in range(images)]
+    train = [i < images * 0.7 for i in range(images)]
     frame = pl.DataFrame({"location": locations, "patient_id": [f"p{i // 2}" for i in range(images)],
-                          "split": ["train" if i < images * 0.7 else "test" for i in range(images)],
-                          "label": given.tolist(), "probabilities": probabilities.tolist()})
+                          "split": ["train" if t else "test" for t in train], "label": given.tolist(),
+                          "fold": [i // 2 % 5 if t else None for i, t in enumerate(train)],
+                          "probabilities": probabilities.tolist()}, schema_overrides={"fold": pl.Int64})
     return frame, {locations[i] for i in flipped}
 
 
 def test_label_issues_find_the_flips_and_the_report_section_says_what_they_do_to_top1():
     scored, flipped = _scored(np.random.default_rng(3), 400, 0.05)
-    issues, noise = find_label_issues(scored, ["rare", "x", "y"])
+    issues, noise, not_calibrated_because = find_label_issues(scored, ["rare", "x", "y"])
     assert issues.columns == ["location", "patient_id", "split", "given_label", "suggested_label", "label_quality",
-                              "is_label_issue"]
+                              "is_label_issue", "patient_context", "cleanlab_issue"] and not_calibrated_because is None
     assert set(issues.filter("is_label_issue")["location"]) == flipped
+    # Each patient has two images: where a flip changes one, the other carries the label the models suggest;
+    # where both are flipped, the patient's label is wrong as a whole.
+    both = {location for location in flipped if scored["location"][int(location[5:-4]) ^ 1] in flipped}
+    context = dict(issues.filter("is_label_issue").select("location", "patient_context").iter_rows())
+    assert both and context == {location: "patient_looks_like_suggested" if location in both
+                                else "label_differs_from_patient" for location in flipped}
     assert issues.filter(pl.col("location").is_in(list(flipped)))["label_quality"].max() < \
         issues.filter(~pl.col("location").is_in(list(flipped)))["label_quality"].min()
     assert noise.shape == (3, 3) and np.allclose(noise.sum(axis=0), 1)
@@ -120,15 +132,81 @@ def test_label_issues_find_the_flips_and_the_report_section_says_what_they_do_to
     wrong = len(flipped & set(test["location"]))
     train_flips = len(flipped) - wrong
     assert effect["likely_wrong"] == wrong and effect["test_images"] == test.height
+    assert effect["cleanlab_issues"] == issues.filter(pl.col("split") == "test")["cleanlab_issue"].sum() >= wrong
     assert effect["share"]["low"] < wrong / test.height < effect["share"]["high"]
     assert effect["top1_without_issues"]["value"] == 1.0 and effect["top1_all"]["value"] == 1 - wrong / test.height
-    markdown = label_issues_markdown(issues, noise, ["rare", "x", "y"], effect, ["train", "test"], "montage.png")
+    assert effect["label_differs_from_patient"] == len((flipped - both) & set(test["location"]))
+    markdown = label_issues_markdown(issues, noise, ["rare", "x", "y"], effect, ["train", "test"], "montage.png", None)
     assert verdict_line(effect) in markdown and f"{wrong} of {test.height} test images" in markdown
+    assert f"{effect['label_differs_from_patient']} of them carry a label their patient's other images do not" in markdown
+    assert f"| {len(flipped - both)} | `label_differs_from_patient`" in markdown and "Probabilities are calibrated" in markdown
     assert "| train | x |" in markdown and "| test | y |" in markdown  # counts per split and class, in split order
+    assert f"Confident learning finds {effect['cleanlab_issues']} test labels wrong or ambiguous" in markdown
     assert markdown.index("| train |") < markdown.index("| test |")
     assert f"Out-of-fold top-1 on train and val (the given label is the models' first choice): {1 - train_flips / 280:.1%}" \
         in markdown
     assert "| given \\ true | rare | x | y |" in markdown and "![worst label issues](montage.png)" in markdown
+
+
+def _look_alikes(rng: np.random.Generator, images: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two look-alike classes (a model tells them apart 75% of the time) whose model always says 0.99."""
+    labels = rng.integers(0, 2, images)
+    right = rng.random(images) < 0.75
+    called = np.where(right, labels, 1 - labels)
+    probabilities = np.full((images, 2), 0.01)
+    probabilities[np.arange(images), called] = 0.99
+    return probabilities, labels
+
+
+def test_calibration_maps_an_overconfident_model_to_held_out_frequencies_without_an_image_calibrating_itself():
+    probabilities, labels = _look_alikes(np.random.default_rng(0), 2000)
+    folds = np.arange(2000) % 5
+    folds[-200:] = -1  # scored by another model: mapped by a fit on every fold
+    calibrated = calibrate(probabilities, labels, folds, ["a", "b"])
+    assert calibrated.not_calibrated_because is None
+    called = calibrated.probabilities[np.arange(2000), probabilities.argmax(axis=1)]
+    assert np.allclose(called, 0.75, atol=0.04)  # the model is right 75% of the time, not 99%
+    assert np.allclose(calibrated.probabilities.sum(axis=1), 1)
+    # Fold 0's images are mapped by a fit on the other folds: changing fold 0's labels leaves them as they were.
+    relabelled = labels.copy()
+    relabelled[folds == 0] = 1 - relabelled[folds == 0]
+    again = calibrate(probabilities, relabelled, folds, ["a", "b"])
+    assert np.array_equal(again.probabilities[folds == 0], calibrated.probabilities[folds == 0])
+    assert not np.array_equal(again.probabilities[folds == 1], calibrated.probabilities[folds == 1])
+
+
+def test_calibration_is_refused_with_its_reason_where_a_fit_would_lack_a_class():
+    probabilities, labels = _look_alikes(np.random.default_rng(1), 200)
+    folds = np.arange(200) % 4
+    labels[:MIN_IMAGES_PER_CLASS] = 2  # a rare third class, all but one of its images in fold 0
+    labels[1] = 0
+    folds[:MIN_IMAGES_PER_CLASS] = 0
+    probabilities = np.hstack([probabilities, np.full((200, 1), 0.01)])
+    calibrated = calibrate(probabilities, labels, folds, ["a", "b", "rare"])
+    assert calibrated.not_calibrated_because == (
+        f"the out-of-fold predictions without fold 1 has fewer than {MIN_IMAGES_PER_CLASS} images of rare (0)")
+    assert np.allclose(calibrated.probabilities, probabilities / probabilities.sum(axis=1, keepdims=True))
+
+
+def test_each_flag_says_what_its_patients_other_images_say():
+    def image(location: str, patient: str, given: str, suggested: str, flagged: bool) -> dict:
+        return {"location": location, "patient_id": patient, "split": "train", "given_label": given,
+                "suggested_label": suggested, "label_quality": 0.01 if flagged else 0.9, "is_label_issue": flagged}
+
+    rows = pl.DataFrame([
+        image("flip", "p1", "b", "a", True), image("p1-2", "p1", "a", "a", False), image("p1-3", "p1", "a", "a", False),
+        image("odd", "p2", "a", "b", True), image("p2-2", "p2", "a", "b", True), image("p2-3", "p2", "a", "a", False),
+        image("alone", "p3", "a", "b", True), image("p3-2", "p3", "a", "a", False), image("p3-3", "p3", "a", "a", False),
+        image("single", "p4", "a", "b", True), image("fine", "p5", "a", "a", False),
+    ])
+    context = dict(with_patient_context(rows).select("location", "patient_context").iter_rows())
+    assert context == {"flip": "label_differs_from_patient", "p1-2": None, "p1-3": None,
+                       "odd": "patient_looks_like_suggested", "p2-2": "patient_looks_like_suggested", "p2-3": None,
+                       "alone": "image_differs_from_patient", "p3-2": None, "p3-3": None, "single": "only_image",
+                       "fine": None}
+    counts = patient_context_counts(with_patient_context(rows))
+    assert counts == {"label_differs_from_patient": 1, "patient_looks_like_suggested": 2,
+                      "image_differs_from_patient": 1, "only_image": 1}
 
 
 def test_taxonomy_review_names_the_confused_pair_the_other_bucket_and_the_small_class():

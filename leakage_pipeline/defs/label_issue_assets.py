@@ -38,6 +38,7 @@ from leakage_pipeline.training.label_issues import (
     find_label_issues,
     label_effect_on_test,
     label_issues_markdown,
+    patient_context_counts,
     verdict_line,
 )
 from leakage_pipeline.training.out_of_fold import FoldInputs, out_of_fold_probabilities
@@ -68,8 +69,8 @@ def out_of_fold_predictions(step: Step) -> dg.MaterializeResult:
     download_tree(files.out_of_fold_dir, models_dir)  # a fresh machine reuses the cached fold models
     scored, runs = out_of_fold_probabilities(inputs, open_stores(_store_dirs(step)), models_dir, step.log.info)
     test_rows = read_parquet(files.model_predictions(LEAK_FREE)).select(
-        "location", "patient_id", "label", "probabilities").with_columns(split=pl.lit(test))
-    columns = ["location", "patient_id", "split", "label", "probabilities"]
+        "location", "patient_id", "label", "probabilities").with_columns(split=pl.lit(test), fold=pl.lit(None, pl.Int64))
+    columns = ["location", "patient_id", "split", "label", "fold", "probabilities"]
     predictions = pl.concat([scored.select(columns), test_rows.select(columns)])
     write_parquet(predictions, models_dir / files.out_of_fold_predictions.name)
     trained = [run for run in runs if run.trained]
@@ -95,24 +96,27 @@ def label_issues(step: Step) -> dg.MaterializeResult:
     files, training = step.files, step.training
     predictions = read_parquet(files.out_of_fold_predictions)
     class_names = read_json(files.out_of_fold_dir / SUMMARY)["class_names"]
-    issues, noise = find_label_issues(predictions, class_names)
+    issues, noise, not_calibrated_because = find_label_issues(predictions, class_names)
     test = step.splits[-1]
     effect = label_effect_on_test(issues, predictions.filter(pl.col("split") == test), class_names,
                                   training.bootstrap_resamples, training.seed)
     write_parquet(issues, files.label_issues)
     montage = files.label_issues_dir / MONTAGE
     drawn = write_label_issue_montage(issues, montage)
-    markdown = label_issues_markdown(issues, noise, class_names, effect, step.splits, MONTAGE)
+    markdown = label_issues_markdown(issues, noise, class_names, effect, step.splits, MONTAGE, not_calibrated_because)
     write_text(markdown, files.label_issues_dir / "label_issues.md")
     verdict = verdict_line(effect)
     write_json({"verdict": verdict, "test_effect": effect, "class_names": class_names,
                 "noise_matrix": noise.tolist(), "likely_issues": int(issues["is_label_issue"].sum()),
+                "patient_context": patient_context_counts(issues), "not_calibrated_because": not_calibrated_because,
                 "images": issues.height}, files.label_issues_dir / SUMMARY)
     step.log.info(verdict)
     return dg.MaterializeResult(metadata={
         "dagster/row_count": issues.height, "verdict": verdict,
-        "likely_issues": int(issues["is_label_issue"].sum()),
+        "likely_issues": int(issues["is_label_issue"].sum()), "patient_context": patient_context_counts(issues),
+        "calibrated": not_calibrated_because is None,
         "test_share_likely_wrong": rounded(effect["share"]["value"]) if effect["share"] else None,
+        "test_share_found_by_cleanlab": rounded(effect["cleanlab_share"]["value"]) if effect["cleanlab_share"] else None,
         "report": dg.MetadataValue.md(markdown), "montage_examples": drawn,
         "montage": dg.MetadataValue.md(montage_preview(montage)),
         "path": dg.MetadataValue.path(str(files.label_issues)),
