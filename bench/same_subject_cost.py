@@ -53,7 +53,8 @@ def measured_steps(summary: dict, record: Path) -> dict:
     now = {step: {"cpu_seconds": seconds, "images": cost["counts"]["decoded"] if step in PER_IMAGE_STEPS[:3]
                   else cost["counts"]["embedded"] if step in PER_IMAGE_STEPS[3:5] else cost["counts"]["images"]}
            for step, seconds in cost["cpu_seconds"].items()}
-    now = {step: value for step, value in now.items() if value["images"] and (value["cpu_seconds"] or step not in kept)}
+    now = {step: {**value, "wall_seconds": cost["wall_seconds"].get(step)} for step, value in now.items()
+           if value["images"] and (value["cpu_seconds"] or step not in kept)}
     now["embedding_training"] = {"cpu_seconds": model["cpu_seconds"], "steps": model["steps"],
                                  "images": model["training_images"], "wall_seconds": model["seconds"]}
     merged = {**kept, **now}
@@ -149,7 +150,7 @@ def feature_bytes(summary: dict, directory: Path) -> list[tuple[str, float, str]
     return [
         ("keypoint cache (parquet)", (directory / "keypoints.parquet").stat().st_size / images, "disk"),
         ("embedding + colour cache (parquet)", (directory / "embeddings.parquet").stat().st_size / images, "disk"),
-        (f"keypoints ({keypoints:.0f} a image: 128 B descriptor + 8 B point)", keypoints * 136,
+        (f"keypoints ({keypoints:.0f} per image: 128 B descriptor + 8 B point each)", keypoints * 136,
          "memory, every image's during the stage"),
         (f"embedding input ({size} px RGB)", 3 * size * size, "memory, every newly embedded image's"),
         ("embedding + colour vectors", 4 * (settings.embedding.dimensions + COLOUR_DIMENSIONS), "memory"),
@@ -165,10 +166,11 @@ def cost_report(summary: dict, directory: Path, record: Path, projection: Projec
     total = cost["total"]
     lines = [f"Same-subject stage: {total['wall_seconds']:.0f} s wall, {total['cpu_seconds']:.0f} CPU s, "
              f"{summary['images'] / total['wall_seconds']:.1f} images/s ({summary['images']} images; "
-             f"{cost['counts']['decoded']} decoded, {cost['counts']['embedded']} embedded this run)", "",
-             "| step | CPU s | images | CPU ms/image | wall s (this run) |", "|---|---|---|---|---|"]
+             f"{cost['counts']['decoded']} decoded, {cost['counts']['embedded']} embedded this run; a step it took from its "
+             "caches shows the last run that computed it)", "",
+             "| step | CPU s | images | CPU ms/image | wall s |", "|---|---|---|---|---|"]
     for step, measured in steps.items():
-        wall = cost["wall_seconds"].get(step, measured.get("wall_seconds"))
+        wall = measured.get("wall_seconds")  # threads' parts of one step have none of their own
         lines.append(f"| {step} | {measured['cpu_seconds']:.1f} | {measured['images']} | "
                      f"{1000 * measured['cpu_seconds'] / measured['images']:.2f} | "
                      f"{'–' if wall is None else f'{wall:.1f}'} |")
