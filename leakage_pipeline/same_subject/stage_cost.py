@@ -29,17 +29,16 @@ class StageCost:
         with self._lock:
             self.wall_seconds[step] = self.wall_seconds.get(step, 0.0) + time.perf_counter() - wall
         if cpu:
-            self.add(step, time.process_time() - process)
+            self._add(step, time.process_time() - process)
 
     @contextmanager
     def thread_timed(self, step: str) -> Iterator[None]:
         """CPU seconds of this thread in the block, added to ``step``'s: the parts of work that threads share out."""
         started = time.thread_time()
         yield
-        self.add(step, time.thread_time() - started)
+        self._add(step, time.thread_time() - started)
 
-    def add(self, step: str, cpu: float) -> None:
-        """CPU seconds spent on ``step`` elsewhere (another process, an earlier run), added to its own."""
+    def _add(self, step: str, cpu: float) -> None:
         with self._lock:
             self.cpu_seconds[step] = self.cpu_seconds.get(step, 0.0) + cpu
 
