@@ -6,11 +6,13 @@ map to theirs) and prints, for hashes and for the matcher side by side: recall a
 (the source patient among a re-shot's nearest earlier-split images: by pHash distance, by
 embedding cosine, and after verification by inliers) and precision / recall at the threshold each
 one uses (the report's trusted hash radii; the calibrated inlier threshold). Precision is over
-every accepted pair of every val and test image, recall over the re-shots. Then the cost of each
-step (images/s, queries/s, pairs/s, bytes per image) and its projection to 1M images.
+every accepted pair of every val and test image, recall over the re-shots. Then the stage's CPU
+seconds per step, their projection to 1M images and each feature's bytes per image
+(``bench/same_subject_cost.py``).
 
 ``--ham DIR`` audits HAM10000 photos split by lesion (see ``bench/ham_lesions.py``): recall of the
-re-photographed lesions and precision, hashes and matcher side by side, with the stage's wall time.
+re-photographed lesions and precision, hashes and matcher side by side, with the stage's wall time, images/s,
+CPU seconds per step and the projection to 1M images.
 ``--ukbench DIR`` adds a verification-only check on real photographs (every pair of its images,
 same photo or not), ``--kermany DIR`` a full audit of that chest X-ray set (slow: minutes).
 
@@ -31,14 +33,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from bench.same_subject_cost import Projection, cost_report
 from leakage_pipeline.audit.report import informative_trusted_pairs
 from leakage_pipeline.defs.settings import AuditSettings
 from leakage_pipeline.demo.synthetic_dataset import build_demo_dataset
 from leakage_pipeline.runner import run_audit
 from leakage_pipeline.storage.output_files import OutputFiles
-
-MILLION = 1_000_000
-QUERY_SHARE = 0.3  # val + test share of a dataset, for the projection
 
 
 def _identity_of(data_dir: Path, manifest: pl.DataFrame) -> dict[str, str]:
@@ -122,60 +122,6 @@ def _demo_table(data_dir: Path, out: Path) -> tuple[list[list], dict]:
     return rows, summary
 
 
-def _cost(summary: dict, files: OutputFiles, hnsw_rate: float, hnsw_references: int) -> list[list]:
-    cost, images = summary["cost"], summary["images"]
-    keypoint_rate = images / cost["decode_and_keypoints_seconds"]
-    embed_rate = summary["embedded"] / cost["embedding_seconds"]
-    search_rate = cost["search_queries"] / cost["search_seconds"]
-    verify_rate = cost["verified_pairs"] / cost["verification_seconds"]
-    bytes_per_image = (files.same_subject_dir / "keypoints.parquet").stat().st_size / images + \
-        (files.same_subject_dir / "embeddings.parquet").stat().st_size / images
-    queries = MILLION * QUERY_SHARE
-    # At most: words and colour add only candidates the embedding did not propose.
-    per_query = summary["top_k"] + summary.get("words_top_k", 0) + summary.get("colour_top_k", 0)
-    pairs = queries * per_query
-    steps_per_image = cost["embedding_training_seconds"] / summary["model"]["training_images"]
-    projection = {
-        "decode + keypoints": MILLION / keypoint_rate,
-        "embedding (inference)": MILLION / embed_rate,
-        "embedding training (70% train, same epochs)": steps_per_image * MILLION * 0.7,
-        "visual words (vocabulary, quantisation)": MILLION * cost["visual_words_seconds"] / images,
-        "search (HNSW)": queries / hnsw_rate,
-        "verification": pairs / verify_rate,
-    }
-    rows = [["decode + CLAHE + SIFT", f"{keypoint_rate:.0f} images/s", f"{summary['images']} images"],
-            ["embedding inference", f"{embed_rate:.0f} images/s", ""],
-            ["embedding training", f"{cost['embedding_training_seconds']:.0f} s for "
-                                   f"{summary['model']['training_images']} images", ""],
-            ["search (flat, this size)", f"{search_rate:.0f} queries/s", ""],
-            [f"search (HNSW, {hnsw_references} references)", f"{hnsw_rate:.0f} queries/s",
-             "its cost grows about with log N"],
-            ["verification", f"{verify_rate:.0f} pairs/s", f"up to {per_query} candidates per query"],
-            ["cache", f"{bytes_per_image / 1024:.1f} KiB/image", f"{bytes_per_image * MILLION / 2**30:.0f} GiB per 1M"]]
-    rows += [[f"1M images: {step}", f"{seconds / 3600:.1f} h", "same cores"] for step, seconds in projection.items()]
-    rows.append(["1M images: total", f"{sum(projection.values()) / 3600:.1f} h",
-                 f"{QUERY_SHARE:.0%} of images queried, up to {per_query} pairs each"])
-    return rows
-
-
-def _hnsw_rate(references: int, dimensions: int = 64, queries: int = 2000) -> float:
-    """Queries/s of the HNSW index the stage uses beyond its exact limit, on random unit vectors."""
-    import faiss
-
-    from leakage_pipeline.same_subject.candidate_search import SearchSettings
-
-    settings = SearchSettings()
-    rng = np.random.default_rng(0)
-    data = rng.standard_normal((references, dimensions)).astype(np.float32)
-    data /= np.linalg.norm(data, axis=1, keepdims=True)
-    index = faiss.IndexHNSWFlat(dimensions, settings.hnsw_neighbours, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efSearch = settings.hnsw_search_depth
-    index.add(data)
-    start = time.perf_counter()
-    index.search(data[:queries], settings.top_k)
-    return queries / (time.perf_counter() - start)
-
-
 def _table(headers: list[str], rows: list[list]) -> str:
     def cell(value) -> str:
         return f"{value:.3f}" if isinstance(value, float) else str(value)
@@ -216,7 +162,7 @@ def _ukbench(directory: Path) -> str:
             + _table(["criterion", "precision (true/accepted)", "recall (found/true)"], rows))
 
 
-def _ham(ham_dir: Path, work: Path, fresh: bool) -> None:
+def _ham(ham_dir: Path, work: Path, fresh: bool, projection: Projection) -> None:
     """Audit the lesion split of ``ham_dir`` and print its table; ``fresh``: recompute every cached feature."""
     from bench.ham_lesions import lesion_scores, lesion_split_manifest
 
@@ -231,14 +177,15 @@ def _ham(ham_dir: Path, work: Path, fresh: bool) -> None:
     rows, summary = lesion_scores(manifest, out)
     counts = manifest.group_by("split").len().sort("split").iter_rows()
     print(f"\nham10000 by lesion ({', '.join(f'{s} {n}' for s, n in counts)}): audit {seconds:.0f} s, "
-          f"same-subject stage {sum(v for k, v in summary['cost'].items() if k.endswith('seconds')):.0f} s "
+          f"same-subject stage {summary['cost']['total']['wall_seconds']:.0f} s "
           f"({'fresh' if fresh else 'cached features reused'})\n")
     print(_table(["method", "recall@1", "recall@5", "threshold", "precision (all accepted val/test pairs)",
                   "recall (queries with a train photo of their lesion)"], rows))
     calibration = summary["calibration"]
     print(f"\nCalibration (train): threshold {calibration['threshold']}, precision {calibration['precision']}, "
           f"estimated on the audited mix {calibration['audited_precision']}, {calibration['true_pairs']} same-lesion "
-          f"and {calibration['false_pairs']} other pairs; cost {json.dumps(summary['cost'])}")
+          f"and {calibration['false_pairs']} other pairs\n")
+    print(cost_report(summary, OutputFiles(out).same_subject_dir, work / "ham_step_cost.json", projection))
 
 
 def main() -> None:
@@ -249,12 +196,13 @@ def main() -> None:
     parser.add_argument("--ham-cached", action="store_true", help="reuse the HAM run's cached features")
     parser.add_argument("--ukbench", type=Path)
     parser.add_argument("--kermany", type=Path)
-    parser.add_argument("--hnsw-references", type=int, default=200_000,
+    parser.add_argument("--hnsw-references", type=int, default=Projection.hnsw_references,
                         help="references in the HNSW search measurement (1M takes minutes to build)")
     args = parser.parse_args()
+    projection = Projection(hnsw_references=args.hnsw_references)
     data_dir, out = args.dir / "data", args.dir / "out"
     if args.ham:
-        _ham(args.ham, args.dir, fresh=not args.ham_cached)
+        _ham(args.ham, args.dir, fresh=not args.ham_cached, projection=projection)
         if args.ham_only:
             return
     if not (data_dir / "manifest.csv").exists():
@@ -272,8 +220,7 @@ def main() -> None:
     print(f"\nCalibration (train): threshold {calibration['threshold']}, precision {calibration['precision']}, "
           f"recall {calibration['recall']}, {calibration['true_pairs']} same-patient and "
           f"{calibration['false_pairs']} other pairs\n")
-    print(_table(["step", "rate", "note"],
-                 _cost(summary, OutputFiles(out), _hnsw_rate(args.hnsw_references), args.hnsw_references)))
+    print(cost_report(summary, OutputFiles(out).same_subject_dir, args.dir / "demo_step_cost.json", projection))
     if args.ukbench:
         print("\n" + _ukbench(args.ukbench))
     if args.kermany:

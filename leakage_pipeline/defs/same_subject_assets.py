@@ -48,7 +48,7 @@ def same_subject_pairs(step: Step) -> dg.MaterializeResult:
         "embedded": summary["embedded"], "embeddings_reused": summary["embeddings_reused"],
         "keypoints_extracted": summary["keypoints_extracted"], "keypoints_reused": summary["keypoints_reused"],
         "model": dg.MetadataValue.json(summary["model"]),
-        "cost_seconds": dg.MetadataValue.json(summary["cost"]),
+        "cost": dg.MetadataValue.json(summary["cost"]),  # wall and CPU seconds per step, what each worked on
         "accepted_examples": markdown_metadata(accepted.select(
             "query_image_uri", "query_split", "query_patient_id", "reference_image_uri", "reference_patient_id",
             "cosine", "inliers"), 10),

@@ -8,15 +8,19 @@ list, so any one proposing an image suffices; verification decides either way.
 
 Embeddings are unit length, so inner product is cosine similarity. Up to ``exact_limit`` reference
 images the search is exact (a flat index, one matrix product per batch); beyond it an HNSW graph
-keeps queries sub-linear, so millions of references stay cheap (see ``bench/same_subject.py``).
+keeps queries sub-linear, so millions of references stay cheap (see ``bench/same_subject.py``). Sparse vectors
+(visual words) are searched exactly through an inverted index (:mod:`leakage_pipeline.same_subject.sparse_search`).
 faiss is imported inside the function: the Dagster code location must load without it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
+
+from leakage_pipeline.same_subject.stage_cost import StageCost
 
 
 @dataclass(frozen=True)
@@ -33,19 +37,27 @@ class SearchSettings:
     hnsw_search_depth: int = 128
 
 
-def nearest(queries: np.ndarray, references: np.ndarray, k: int, settings: SearchSettings = SearchSettings(),
-            exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(cosine, reference index) of each query's ``k`` nearest references, best first; -1 pads missing ones.
+class Proposer(NamedTuple):
+    """A descriptor beside the embedding that proposes candidates: its name (for the cost), the queries' and the
+    references' vectors (dense arrays, or scipy sparse rows), and how many of each query's nearest it adds."""
+    name: str
+    queries: object
+    references: object
+    top_k: int
 
-    ``exclude_self``: queries and references are the same images, and an image is not its own neighbour.
-    """
+
+def _search(queries, references, wanted: int, settings: SearchSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's ``wanted`` best references by inner product: sparse exactly, dense exact or HNSW by size."""
+    from scipy import sparse
+
+    if sparse.issparse(references):
+        from leakage_pipeline.same_subject.sparse_search import sparse_nearest
+
+        return sparse_nearest(queries, references, wanted)
     import faiss
 
     queries = np.ascontiguousarray(queries, np.float32)
     references = np.ascontiguousarray(references, np.float32)
-    wanted = min(k + int(exclude_self), references.shape[0])
-    if wanted == 0 or queries.shape[0] == 0:
-        return np.zeros((queries.shape[0], k), np.float32), np.full((queries.shape[0], k), -1, np.int64)
     dimensions = references.shape[1]
     if references.shape[0] <= settings.exact_limit:
         index = faiss.IndexFlatIP(dimensions)
@@ -53,7 +65,20 @@ def nearest(queries: np.ndarray, references: np.ndarray, k: int, settings: Searc
         index = faiss.IndexHNSWFlat(dimensions, settings.hnsw_neighbours, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efSearch = max(settings.hnsw_search_depth, wanted)
     index.add(references)
-    similarity, found = index.search(queries, wanted)
+    return index.search(queries, wanted)
+
+
+def nearest(queries, references, k: int, settings: SearchSettings = SearchSettings(),
+            exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(similarity, reference index) of each query's ``k`` nearest references (dense float arrays or scipy sparse
+    rows) by inner product, best first; -1 pads missing ones.
+
+    ``exclude_self``: queries and references are the same images, and an image is not its own neighbour.
+    """
+    wanted = min(k + int(exclude_self), references.shape[0])
+    if wanted == 0 or queries.shape[0] == 0:
+        return np.zeros((queries.shape[0], k), np.float32), np.full((queries.shape[0], k), -1, np.int64)
+    similarity, found = _search(queries, references, wanted, settings)
     if exclude_self:
         own = found == np.arange(queries.shape[0])[:, None]
         # Drop each row's own entry (or its last one when the image is not among its own neighbours).
@@ -68,15 +93,18 @@ def nearest(queries: np.ndarray, references: np.ndarray, k: int, settings: Searc
     return similarity, found
 
 
-def propose(query_embeddings: np.ndarray, reference_embeddings: np.ndarray,
-            others: list[tuple[np.ndarray, np.ndarray, int]], settings: SearchSettings = SearchSettings(),
-            exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def propose(query_embeddings: np.ndarray, reference_embeddings: np.ndarray, others: list[Proposer],
+            settings: SearchSettings = SearchSettings(), exclude_self: bool = False,
+            cost: StageCost | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(embedding cosine, reference index) of each query's candidates: its ``top_k`` nearest by embedding, then for
-    each other descriptor (query vectors, reference vectors, how many) its nearest by it not proposed already;
-    -1 pads missing or repeated ones."""
-    cosine, found = nearest(query_embeddings, reference_embeddings, settings.top_k, settings, exclude_self)
-    for query_vectors, reference_vectors, k in others:
-        _, more = nearest(query_vectors, reference_vectors, k, settings, exclude_self)
+    each other proposer its nearest by it not proposed already; -1 pads missing or repeated ones. ``cost``: where
+    each proposer's search time is added (``search_embedding``, ``search_NAME``)."""
+    cost = cost or StageCost()
+    with cost.timed("search_embedding"):
+        cosine, found = nearest(query_embeddings, reference_embeddings, settings.top_k, settings, exclude_self)
+    for name, query_vectors, reference_vectors, k in others:
+        with cost.timed(f"search_{name}"):
+            _, more = nearest(query_vectors, reference_vectors, k, settings, exclude_self)
         repeated = (more[:, :, None] == found[:, None, :]).any(axis=2) | (more < 0)
         more_cosine = np.einsum("qd,qkd->qk", query_embeddings, reference_embeddings[np.maximum(more, 0)])
         cosine = np.concatenate([cosine, np.where(repeated, 0, more_cosine).astype(np.float32)], axis=1)

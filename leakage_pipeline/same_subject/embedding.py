@@ -17,6 +17,9 @@ class EmbeddingSettings:
     dimensions: int = 64
     width: int = 16  # channels of the first block; later blocks double it
     epochs: int = 12  # a few hundred steps at most: minutes on two shared CPU cores
+    # ... and never more than this many steps, so training costs the same at any dataset size (HAM10000's 4,331
+    # training lesions take 804 steps; a million images would take over 100,000).
+    max_steps: int = 1000
     batch_patients: int = 64  # patients per batch, two views each
     learning_rate: float = 3e-3
     temperature: float = 0.1
@@ -24,7 +27,7 @@ class EmbeddingSettings:
     device: str = "auto"
 
     def model_tag(self) -> str:
-        return f"cnn{self.width}_d{self.dimensions}_{self.image_size}px_e{self.epochs}_s{self.seed}"
+        return f"cnn{self.width}_d{self.dimensions}_{self.image_size}px_e{self.epochs}_m{self.max_steps}_s{self.seed}"
 
 
 def embedding_input(image, size: int) -> np.ndarray:

@@ -100,6 +100,7 @@ class TrainedEmbedding:
     seconds: float
     images: int
     patients: int
+    steps: int
 
 
 def _view_pairs(groups: list[np.ndarray], order: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -128,15 +129,15 @@ def train_embedding(images: np.ndarray, patient_codes: np.ndarray, settings: Emb
     groups = np.split(order_by_patient, boundaries)
     batch = min(settings.batch_patients, len(groups))
     steps_per_epoch = max(1, len(groups) // batch)
+    total_steps = min(settings.epochs * steps_per_epoch, settings.max_steps)
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, settings.learning_rate,
-                                                   total_steps=settings.epochs * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, settings.learning_rate, total_steps=total_steps)
     history, started = [], time.perf_counter()
     model.train()
-    for epoch in range(settings.epochs):
+    for epoch in range(math.ceil(total_steps / steps_per_epoch)):
         patients = rng.permutation(len(groups))
         losses = []
-        for step in range(steps_per_epoch):
+        for step in range(min(steps_per_epoch, total_steps - epoch * steps_per_epoch)):
             first, second = _view_pairs(groups, patients[step * batch:(step + 1) * batch], rng)
             index = torch.from_numpy(np.concatenate([first, second])).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -151,7 +152,7 @@ def train_embedding(images: np.ndarray, patient_codes: np.ndarray, settings: Emb
             log(f"embedding epoch {epoch + 1}/{settings.epochs}: loss {history[-1]['loss']:.3f}")
     model.eval()
     return TrainedEmbedding(model=model, device=device, history=history, seconds=time.perf_counter() - started,
-                            images=len(images), patients=len(groups))
+                            images=len(images), patients=len(groups), steps=total_steps)
 
 
 @torch.inference_mode()

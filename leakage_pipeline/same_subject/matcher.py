@@ -9,10 +9,8 @@ Plain Python over polars frames and files under one working directory; the Dagst
 from __future__ import annotations
 
 import hashlib
-import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from leakage_pipeline.audit.pixel_limit import open_image
 from leakage_pipeline.devices import pick_device, reproducible
 from leakage_pipeline.same_subject import feature_cache
 from leakage_pipeline.same_subject.calibration import Calibration, CalibrationSettings, calibrate
-from leakage_pipeline.same_subject.candidate_search import SearchSettings, propose
+from leakage_pipeline.same_subject.candidate_search import Proposer, SearchSettings, propose
 from leakage_pipeline.same_subject.colour_descriptor import COLOUR_DIMENSIONS, COLOUR_TAG, colour_descriptors
 from leakage_pipeline.same_subject.embedding import EmbeddingSettings, embedding_input
 from leakage_pipeline.same_subject.geometric_verification import (
@@ -36,7 +34,8 @@ from leakage_pipeline.same_subject.geometric_verification import (
     match,
     reduced_gray,
 )
-from leakage_pipeline.same_subject.visual_words import VocabularySettings, word_vectors
+from leakage_pipeline.same_subject.stage_cost import StageCost
+from leakage_pipeline.same_subject.visual_words import VocabularySettings, learn_vocabulary, word_vectors
 from leakage_pipeline.storage.files import read_json, replace_atomically, write_json
 
 RAN, SKIPPED = "ran", "skipped"
@@ -59,6 +58,10 @@ class MatcherSettings:
     # (val and test) images, so the false-accept rate is measured on as many pairs as it is applied to
     # (see calibration.py), and at least this many.
     min_calibration_queries: int = 600
+    # ... and at most this many: their false-accept rate is then measured on about 1.4M pairs (70 candidates each),
+    # plenty for the rates calibration resolves, while verifying them stays a bounded cost at any dataset size
+    # (a million images would otherwise verify as many calibration pairs as audited ones).
+    max_calibration_queries: int = 20_000
     # The kept model is trained again when the training split has grown by more than this share since.
     retrain_growth: float = 0.25
     workers: int = 2
@@ -115,15 +118,18 @@ class Decoded:
 
 
 def _decode(location: str, size: int | None, keypoint_settings: KeypointSettings | None,
-            cpu: AbstractContextManager) -> Decoded | None:
+            cpu: AbstractContextManager, cost: StageCost) -> Decoded | None:
     try:
-        data = image_source.read_bytes(location)
+        with cost.thread_timed("read_and_decode"):
+            data = image_source.read_bytes(location)
         with cpu, open_image(data) as image:
-            image.load()
-            return Decoded(
-                embedding_input(image, size) if size else None,
-                extract_keypoints(reduced_gray(image, keypoint_settings.max_side), keypoint_settings)
-                if keypoint_settings else None)
+            with cost.thread_timed("read_and_decode"):
+                image.load()
+            with cost.thread_timed("keypoints"):
+                keypoints = extract_keypoints(reduced_gray(image, keypoint_settings.max_side), keypoint_settings) \
+                    if keypoint_settings else None
+            with cost.thread_timed("embedding_input"):
+                return Decoded(embedding_input(image, size) if size else None, keypoints)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
         return None
 
@@ -146,13 +152,6 @@ def _weights_digest(model) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:12]
-
-
-@contextmanager
-def _timed(cost: dict[str, float], name: str) -> Iterator[None]:
-    started = time.perf_counter()
-    yield
-    cost[name] = time.perf_counter() - started
 
 
 @dataclass(frozen=True)
@@ -187,7 +186,8 @@ def plan_features(readable: pl.DataFrame, training_images: int, files: StageFile
     return FeaturePlan(model_info, cached_embeddings, embed_todo, keypoint_tag, cached_keypoints, keypoint_todo)
 
 
-def decode_needed(readable: pl.DataFrame, plan: FeaturePlan, settings: MatcherSettings) -> tuple[dict[str, Decoded], set[str]]:
+def decode_needed(readable: pl.DataFrame, plan: FeaturePlan, settings: MatcherSettings,
+                  cost: StageCost) -> tuple[dict[str, Decoded], set[str]]:
     """Stage 2: decode each image that needs an embedding input or keypoints, on every core.
 
     Returns what was decoded, by location, and the locations that could not be decoded."""
@@ -197,7 +197,8 @@ def decode_needed(readable: pl.DataFrame, plan: FeaturePlan, settings: MatcherSe
     with image_source.reading_pool(to_decode, settings.workers) as (pool, cpu):
         decoded = dict(zip(to_decode, pool.map(
             lambda loc: _decode(loc, settings.embedding.image_size if loc in need_pixels else None,
-                                settings.keypoints if loc in need_keypoints else None, cpu), to_decode), strict=True))
+                                settings.keypoints if loc in need_keypoints else None, cpu, cost), to_decode),
+        strict=True))
     undecodable = {loc for loc, item in decoded.items() if item is None}
     return {loc: item for loc, item in decoded.items() if item is not None}, undecodable
 
@@ -224,7 +225,7 @@ class Embedder:
 
 
 def load_or_train_embedder(train: pl.DataFrame, decoded: dict[str, Decoded], plan: FeaturePlan, files: StageFiles,
-                    settings: MatcherSettings, log=print) -> Embedder:
+                           settings: MatcherSettings, cost: StageCost, log=print) -> Embedder:
     """Stage 4: the kept embedding model, or one trained now on the training images ``train`` and kept."""
     from leakage_pipeline.same_subject.embedding_model import load_model, save_model, train_embedding
 
@@ -237,50 +238,53 @@ def load_or_train_embedder(train: pl.DataFrame, decoded: dict[str, Decoded], pla
     codes = train["patient_id"].rank("dense").to_numpy().astype(np.int64)
     log(f"training the same-subject embedding on {len(locations)} {train['split'][0]} images")
     # The embedding decides which candidates are verified: the same on any core count (devices.reproducible).
-    with reproducible(pick_device(settings.embedding.device)):
+    with reproducible(pick_device(settings.embedding.device)), cost.timed("embedding_training"):
         trained = train_embedding(pixels, codes, settings.embedding, log=log)
     model = trained.model
     # Named by its weights: the same training gives the same id, so cached embeddings stay valid.
     model_tag = f"{settings.embedding.model_tag()}_{_weights_digest(model)}"
     info = {"model_id": model_tag, "settings_tag": settings.embedding.model_tag(),
             "training_images": trained.images, "training_patients": trained.patients,
-            "final_loss": trained.history[-1]["loss"], "seconds": trained.seconds}
+            "steps": trained.steps, "final_loss": trained.history[-1]["loss"], "seconds": trained.seconds,
+            "cpu_seconds": cost.cpu_seconds["embedding_training"]}
     replace_atomically(files.model, lambda path: save_model(model.cpu(), settings.embedding, path, {}))
     write_json(info, files.model_info)
     return Embedder(model.to(trained.device), trained.device, info, trained_now=True)
 
 
 def embed_new(plan: FeaturePlan, decoded: dict[str, Decoded], embedder: Embedder,
-              settings: EmbeddingSettings) -> pl.DataFrame:
+              settings: EmbeddingSettings, cost: StageCost) -> pl.DataFrame:
     """Stage 5: the embeddings (and colour descriptors) of the images not cached under this model, as cache rows."""
     from leakage_pipeline.same_subject.embedding_model import embed
 
     locations = plan.embed_todo["location"].to_list()
     pixels = np.stack([decoded[loc].pixels for loc in locations]) if locations else \
         np.zeros((0, 3, settings.image_size, settings.image_size), np.uint8)
-    with reproducible(embedder.device):
+    with reproducible(embedder.device), cost.timed("embedding_inference"):
         vectors = embed(embedder.model, pixels, embedder.device)
+    with cost.timed("colour"):
+        colours = colour_descriptors(pixels)
     return plan.embed_todo.select(feature_cache.KEY_COLUMNS).with_columns(
         pl.lit(f"{embedder.info['model_id']}_{COLOUR_TAG}").alias(feature_cache.TAG),
         pl.Series("embedding", vectors, dtype=pl.Array(pl.Float32, settings.dimensions)),
-        pl.Series("colour", colour_descriptors(pixels), dtype=pl.Array(pl.Float32, COLOUR_DIMENSIONS)))
+        pl.Series("colour", colours, dtype=pl.Array(pl.Float32, COLOUR_DIMENSIONS)))
 
 
 @dataclass(frozen=True)
 class Descriptors:
-    """What proposes candidates, one row per readable image: the embedding, visual words and colour."""
+    """What proposes candidates, one row per readable image: the embedding, visual words (scipy CSR) and colour."""
     embedding: np.ndarray
-    words: np.ndarray
+    words: object
     colour: np.ndarray
 
-    def others(self, query_rows: np.ndarray, reference_rows: np.ndarray, search: SearchSettings) -> list:
+    def others(self, query_rows: np.ndarray, reference_rows: np.ndarray, search: SearchSettings) -> list[Proposer]:
         """Each proposer beside the embedding, as :func:`propose` takes them."""
-        return [(self.words[query_rows], self.words[reference_rows], search.words_top_k),
-                (self.colour[query_rows], self.colour[reference_rows], search.colour_top_k)]
+        return [Proposer("words", self.words[query_rows], self.words[reference_rows], search.words_top_k),
+                Proposer("colour", self.colour[query_rows], self.colour[reference_rows], search.colour_top_k)]
 
 
 def descriptors(readable: pl.DataFrame, cached: pl.DataFrame, new: pl.DataFrame, path: Path,
-                words: np.ndarray) -> Descriptors:
+                words) -> Descriptors:
     """The cache of every current embedding (and colour) written to ``path``, with ``words``: one row per image of
     ``readable``, in its order."""
     table = feature_cache.store(cached, new, path)
@@ -302,8 +306,8 @@ class Candidates:
     queries_searched: int  # audited and calibration queries together
 
 
-def audited_candidates(splits: np.ndarray, described: Descriptors, split_order: list[str],
-                       search: SearchSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+def audited_candidates(splits: np.ndarray, described: Descriptors, split_order: list[str], search: SearchSettings,
+                       cost: StageCost) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Each later split's images against every earlier split's: (query, reference, rank, cosine, queries searched)."""
     query_index, reference_index, ranks, cosines = [], [], [], []
     queries_searched = 0
@@ -313,7 +317,8 @@ def audited_candidates(splits: np.ndarray, described: Descriptors, split_order: 
         if not len(queries) or not len(references):
             continue
         similarity, found = propose(described.embedding[queries], described.embedding[references],
-                                    described.others(queries, references, search), search)
+                                    described.others(queries, references, search), search, cost=cost)
+        cost.counts["scored_pairs"] = cost.counts.get("scored_pairs", 0) + len(queries) * len(references)
         valid = found >= 0
         query_index.append(np.repeat(queries, valid.sum(axis=1)))
         reference_index.append(references[found[valid]])
@@ -326,15 +331,16 @@ def audited_candidates(splits: np.ndarray, described: Descriptors, split_order: 
             np.concatenate(cosines), queries_searched)
 
 
-def calibration_pairs(train_rows: np.ndarray, described: Descriptors, queries: int,
-                      settings: MatcherSettings) -> tuple[np.ndarray, int]:
-    """A seeded sample of ``queries`` training images (at least the settings' minimum) against all of training:
-    (each unordered pair of distinct images once, the number of sampled queries)."""
-    wanted = max(settings.min_calibration_queries, queries)
+def calibration_pairs(train_rows: np.ndarray, described: Descriptors, queries: int, settings: MatcherSettings,
+                      cost: StageCost) -> tuple[np.ndarray, int]:
+    """A seeded sample of ``queries`` training images (within the settings' minimum and maximum) against all of
+    training: (each unordered pair of distinct images once, the number of sampled queries)."""
+    wanted = min(max(settings.min_calibration_queries, queries), settings.max_calibration_queries)
     sample = np.sort(np.random.default_rng(settings.seed).choice(train_rows, min(wanted, len(train_rows)),
                                                                  replace=False))
     _, found = propose(described.embedding[sample], described.embedding[train_rows],
-                       described.others(sample, train_rows, settings.search), settings.search)
+                       described.others(sample, train_rows, settings.search), settings.search, cost=cost)
+    cost.counts["scored_pairs"] = cost.counts.get("scored_pairs", 0) + len(sample) * len(train_rows)
     calibration_a = np.repeat(sample, found.shape[1])
     calibration_b = train_rows[np.where(found >= 0, found, 0)].reshape(-1)
     keep = (found.reshape(-1) >= 0) & (calibration_a != calibration_b)
@@ -345,12 +351,12 @@ def calibration_pairs(train_rows: np.ndarray, described: Descriptors, queries: i
 
 
 def find_candidates(readable: pl.DataFrame, described: Descriptors, split_order: list[str],
-                    settings: MatcherSettings) -> Candidates:
+                    settings: MatcherSettings, cost: StageCost) -> Candidates:
     """Stage 6: the audited candidate pairs, and the calibration pairs within the training split."""
     query, reference, rank, cosine, searched = audited_candidates(readable["split"].to_numpy(), described,
-                                                                  split_order, settings.search)
+                                                                  split_order, settings.search, cost)
     train_rows = np.flatnonzero((readable["split"] == split_order[0]).to_numpy())
-    pairs, sampled = calibration_pairs(train_rows, described, searched, settings)
+    pairs, sampled = calibration_pairs(train_rows, described, searched, settings, cost)
     return Candidates(query, reference, rank, cosine, pairs, sampled, searched + sampled)
 
 
@@ -396,7 +402,7 @@ def decide(readable: pl.DataFrame, candidates: Candidates, inliers: np.ndarray, 
 
 
 def _summary(features: dict, embedder: Embedder, candidates: Candidates, pairs: pl.DataFrame,
-             calibration: Calibration, search: SearchSettings, cost: dict[str, float]) -> dict:
+             calibration: Calibration, search: SearchSettings, cost: StageCost) -> dict:
     return {
         "status": RAN,
         "reason": None if calibration.threshold is not None else calibration.reason,
@@ -409,7 +415,7 @@ def _summary(features: dict, embedder: Embedder, candidates: Candidates, pairs: 
         "accepted_query_images": pairs.filter(pl.col("accepted"))["query_location"].n_unique(),
         "calibration": {**{k: v for k, v in calibration.to_dict().items() if k != "curve"},
                         "calibration_queries": candidates.calibration_queries, "curve": calibration.curve},
-        "cost": cost,
+        "cost": cost.to_dict(),
     }
 
 
@@ -425,28 +431,31 @@ def run_same_subject(images: pl.DataFrame, split_order: list[str], directory: Pa
     readable = images.filter(pl.col("status") == STATUS_OK).unique("location", keep="first", maintain_order=True)
     is_train = pl.col("split") == split_order[0]
     plan = plan_features(readable, readable.filter(is_train).height, files, settings)
-    cost: dict[str, float] = {}
-    with _timed(cost, "decode_and_keypoints_seconds"):
-        decoded, undecodable = decode_needed(readable, plan, settings)
+    cost = StageCost()
+    with cost.timed("features", cpu=False):  # its threads record their parts: read_and_decode, keypoints, ...
+        decoded, undecodable = decode_needed(readable, plan, settings, cost)
     if undecodable:
         readable, plan = readable.filter(~pl.col("location").is_in(list(undecodable))), plan.without(undecodable)
     keypoints_of = store_keypoints(plan, decoded, files.keypoints)
-    embedder = load_or_train_embedder(readable.filter(is_train), decoded, plan, files, settings, log)
-    if embedder.trained_now:
-        cost["embedding_training_seconds"] = embedder.info["seconds"]
-    with _timed(cost, "embedding_seconds"):
-        new_embeddings = embed_new(plan, decoded, embedder, settings.embedding)
-    with _timed(cost, "visual_words_seconds"):
-        words = word_vectors([keypoints_of[loc].descriptors for loc in readable["location"].to_list()],
-                             (readable["split"] == split_order[0]).to_numpy(), settings.vocabulary)
+    embedder = load_or_train_embedder(readable.filter(is_train), decoded, plan, files, settings, cost, log)
+    new_embeddings = embed_new(plan, decoded, embedder, settings.embedding, cost)
+    descriptor_list = [keypoints_of[loc].descriptors for loc in readable["location"].to_list()]
+    train_mask = (readable["split"] == split_order[0]).to_numpy()
+    with cost.timed("vocabulary"):
+        vocabulary = learn_vocabulary(descriptor_list, train_mask, settings.vocabulary)
+    with cost.timed("word_vectors"):
+        words = word_vectors(descriptor_list, vocabulary, train_mask)
     described = descriptors(readable, plan.cached_embeddings, new_embeddings, files.embeddings, words)
-    with _timed(cost, "search_seconds"):
-        candidates = find_candidates(readable, described, split_order, settings)
-    cost["search_queries"] = candidates.queries_searched
-    with _timed(cost, "verification_seconds"):
+    candidates = find_candidates(readable, described, split_order, settings, cost)
+    with cost.timed("verification"):
         inliers, mirrored = verify(candidates, keypoints_of, readable["location"].to_list(), settings)
-    cost["verified_pairs"] = len(inliers)
-    pairs, calibration = decide(readable, candidates, inliers, mirrored, settings.calibration)
+    with cost.timed("calibration"):
+        pairs, calibration = decide(readable, candidates, inliers, mirrored, settings.calibration)
+    cost.counts.update({"images": readable.height, "decoded": len(decoded), "embedded": plan.embed_todo.height,
+                        "search_queries": candidates.queries_searched,
+                        "calibration_queries": candidates.calibration_queries, "verified_pairs": len(inliers),
+                        "word_entries": int(words.nnz)})
+    cost.finish()
     features = {"images": readable.height, "embedded": plan.embed_todo.height,
                 "embeddings_reused": plan.cached_embeddings.height, "keypoints_extracted": plan.keypoint_todo.height,
                 "keypoints_reused": plan.cached_keypoints.height, "undecodable": len(undecodable)}
