@@ -226,7 +226,7 @@ def _report_metadata(report: dict, files: OutputFiles, drawn: int) -> dict:
         "thresholds": dg.MetadataValue.md(threshold_markdown(report)),
         "report": dg.MetadataValue.md(report_markdown(report)),
         "montage_examples": drawn,
-        "montage": dg.MetadataValue.md(montage_preview(files.montage)),
+        "montage": dg.MetadataValue.md(montage_preview(files.montage, "leak montage")),
         "report_dir": dg.MetadataValue.path(str(files.report_dir)),
     }
 

@@ -91,8 +91,9 @@ def out_of_fold_predictions(step: Step) -> dg.MaterializeResult:
 
 
 def label_issues(step: Step) -> dg.MaterializeResult:
-    """Each image's label quality, suggested label and whether it is a likely label issue (cleanlab), the
-    noise matrix, the share of the test set with a likely wrong label and top-1 without those images."""
+    """Each image's label quality, suggested label and whether it is flagged for review (cleanlab on calibrated
+    probabilities, with what its patient's other images say), the noise matrix, the share of the test set flagged
+    and the share cleanlab finds, and top-1 without the flagged images."""
     files, training = step.files, step.training
     predictions = read_parquet(files.out_of_fold_predictions)
     class_names = read_json(files.out_of_fold_dir / SUMMARY)["class_names"]
@@ -105,6 +106,8 @@ def label_issues(step: Step) -> dg.MaterializeResult:
     drawn = write_label_issue_montage(issues, montage)
     markdown = label_issues_markdown(issues, noise, class_names, effect, step.splits, MONTAGE, not_calibrated_because)
     write_text(markdown, files.label_issues_dir / "label_issues.md")
+    # The page shows the montage as its own entry: the file link of the Markdown file would be a broken image there.
+    page = label_issues_markdown(issues, noise, class_names, effect, step.splits, None, not_calibrated_because)
     verdict = verdict_line(effect)
     write_json({"verdict": verdict, "test_effect": effect, "class_names": class_names,
                 "noise_matrix": noise.tolist(), "likely_issues": int(issues["is_label_issue"].sum()),
@@ -115,10 +118,10 @@ def label_issues(step: Step) -> dg.MaterializeResult:
         "dagster/row_count": issues.height, "verdict": verdict,
         "likely_issues": int(issues["is_label_issue"].sum()), "patient_context": patient_context_counts(issues),
         "calibrated": not_calibrated_because is None,
-        "test_share_likely_wrong": rounded(effect["share"]["value"]) if effect["share"] else None,
+        "test_share_flagged": rounded(effect["share"]["value"]) if effect["share"] else None,
         "test_share_found_by_cleanlab": rounded(effect["cleanlab_share"]["value"]) if effect["cleanlab_share"] else None,
-        "report": dg.MetadataValue.md(markdown), "montage_examples": drawn,
-        "montage": dg.MetadataValue.md(montage_preview(montage)),
+        "report": dg.MetadataValue.md(page), "montage_examples": drawn,
+        "montage": dg.MetadataValue.md(montage_preview(montage, "worst label issues")),
         "path": dg.MetadataValue.path(str(files.label_issues)),
     })
 
@@ -134,10 +137,12 @@ def taxonomy_review(step: Step) -> dg.MaterializeResult:
     picture = files.label_issues_dir / CONFUSION
     write_confusion_matrix(review["confusion_matrix"], class_names, "out-of-fold, train + val", picture)
     markdown = taxonomy_markdown(review, CONFUSION)
+    page = taxonomy_markdown(review, None)  # the picture is the page's own entry, as for the label-issue montage
     write_json(review, files.label_issues_dir / "taxonomy_review.json")
     write_text(markdown, files.label_issues_dir / "taxonomy_review.md")
     return dg.MaterializeResult(metadata={
-        "review": dg.MetadataValue.md(markdown), "confusion_matrix": dg.MetadataValue.md(montage_preview(picture)),
+        "review": dg.MetadataValue.md(page),
+        "confusion_matrix": dg.MetadataValue.md(montage_preview(picture, "out-of-fold confusion matrix")),
         "most_confused": " / ".join(review["confused_pairs"][0]["classes"]) if review["confused_pairs"] else None,
         "other_buckets": [bucket["class"] for bucket in review["other_buckets"]],
         "too_small_to_learn": [small["class"] for small in review["too_small_to_learn"]],

@@ -21,13 +21,13 @@ def rounded(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def montage_preview(montage: UPath, width: int = 900) -> str:
-    """The montage as an inline image for the asset's page: at most ``width`` pixels wide, as a JPEG,
-    so the run's event log stays small; the full-size PNG is in the report folder."""
+def montage_preview(montage: UPath, title: str, width: int = 900) -> str:
+    """A picture (a montage, a confusion matrix) inline on the asset's page, ``title`` its alt text: at most
+    ``width`` pixels wide, as a JPEG, so the run's event log stays small; the full-size PNG is in the output folder."""
     with Image.open(io.BytesIO(montage.read_bytes())) as sheet:
         sheet = sheet.convert("RGB")
         if sheet.width > width:
             sheet = sheet.resize((width, round(sheet.height * width / sheet.width)), Image.Resampling.LANCZOS)
         buffer = io.BytesIO()
         sheet.save(buffer, format="JPEG", quality=80)
-    return f"![leak montage](data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+    return f"![{title}](data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()})"
