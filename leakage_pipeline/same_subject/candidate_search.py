@@ -98,8 +98,10 @@ def propose(query_embeddings: np.ndarray, reference_embeddings: np.ndarray, othe
             cost: StageCost | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(embedding cosine, reference index) of each query's candidates: its ``top_k`` nearest by embedding, then for
     each other proposer its nearest by it not proposed already; -1 pads missing or repeated ones. ``cost``: where
-    each proposer's search time is added (``search_embedding``, ``search_NAME``)."""
+    each proposer's search time is added (``search_embedding``, ``search_NAME``), and the query x reference
+    products scored (``scored_pairs``)."""
     cost = cost or StageCost()
+    cost.counts["scored_pairs"] = cost.counts.get("scored_pairs", 0) + len(query_embeddings) * len(reference_embeddings)
     with cost.timed("search_embedding"):
         cosine, found = nearest(query_embeddings, reference_embeddings, settings.top_k, settings, exclude_self)
     for name, query_vectors, reference_vectors, k in others:

@@ -318,7 +318,6 @@ def audited_candidates(splits: np.ndarray, described: Descriptors, split_order: 
             continue
         similarity, found = propose(described.embedding[queries], described.embedding[references],
                                     described.others(queries, references, search), search, cost=cost)
-        cost.counts["scored_pairs"] = cost.counts.get("scored_pairs", 0) + len(queries) * len(references)
         valid = found >= 0
         query_index.append(np.repeat(queries, valid.sum(axis=1)))
         reference_index.append(references[found[valid]])
@@ -340,7 +339,6 @@ def calibration_pairs(train_rows: np.ndarray, described: Descriptors, queries: i
                                                                  replace=False))
     _, found = propose(described.embedding[sample], described.embedding[train_rows],
                        described.others(sample, train_rows, settings.search), settings.search, cost=cost)
-    cost.counts["scored_pairs"] = cost.counts.get("scored_pairs", 0) + len(sample) * len(train_rows)
     calibration_a = np.repeat(sample, found.shape[1])
     calibration_b = train_rows[np.where(found >= 0, found, 0)].reshape(-1)
     keep = (found.reshape(-1) >= 0) & (calibration_a != calibration_b)

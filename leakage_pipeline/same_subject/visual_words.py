@@ -96,7 +96,7 @@ def word_vectors(descriptors: list[np.ndarray], vocabulary: np.ndarray | None, t
     train = np.flatnonzero(train_mask & (np.diff(counts.indptr) > 0))
     in_train = np.bincount(counts[train].indices, minlength=counts.shape[1])
     weight = np.log((len(train) + 1) / (in_train + 1)).astype(np.float32)
-    vectors = counts.copy()
+    vectors = counts  # weighted in place: the counts are this function's own
     vectors.data = np.sqrt(vectors.data) * weight[vectors.indices]
     vectors.eliminate_zeros()  # words in every training image weigh nothing
     norms = np.sqrt(np.asarray(vectors.multiply(vectors).sum(axis=1), np.float32).ravel())

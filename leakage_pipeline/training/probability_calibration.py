@@ -46,12 +46,11 @@ def calibrate(probabilities: np.ndarray, labels: np.ndarray, folds: np.ndarray, 
     logs = np.log(np.clip(probabilities, _FLOOR, 1.0))
     in_folds = folds >= 0
     fold_ids = np.unique(folds[in_folds])
-    for fold in fold_ids:
-        reason = _too_few(labels[in_folds & (folds != fold)], class_names, f"the out-of-fold predictions without fold {fold + 1}")
-        if reason:
-            return Calibrated(probabilities / probabilities.sum(axis=1, keepdims=True), reason)
-    if not fold_ids.size:
-        return Calibrated(probabilities / probabilities.sum(axis=1, keepdims=True), "no image has an out-of-fold prediction")
+    reasons = [_too_few(labels[in_folds & (folds != fold)], class_names, f"the out-of-fold predictions without fold {fold + 1}")
+               for fold in fold_ids] if fold_ids.size else ["no image has an out-of-fold prediction"]
+    reason = next((reason for reason in reasons if reason), None)
+    if reason:
+        return Calibrated(probabilities / probabilities.sum(axis=1, keepdims=True), reason)
     calibrated = np.empty_like(probabilities, dtype=np.float64)
     for fold in fold_ids:
         rows = folds == fold
